@@ -1,0 +1,101 @@
+"""Model card: what a model is, what it was trained on and how well it did, next to model.onnx.
+
+The worker trusts a model only through its card: ``onnx_sha256`` pins the exact artifact and
+``training_data_sha256`` pins the data, so a prediction can be traced back to both.
+
+>>> import tempfile
+>>> card = ModelCard(
+...     name="demo", version="1", features=["a", "b"], classes=["no", "yes"], onnx_sha256="0" * 64,
+...     training_data_sha256="1" * 64, seed=0, n_train=10, n_test=5,
+...     metrics={"roc_auc": 0.9, "accuracy": 0.8, "log_loss": 0.3},
+...     library_versions={"sklearn": "1.9.1"},
+... )
+>>> with tempfile.TemporaryDirectory() as d:
+...     ModelCard.load(card.save(d).parent) == card
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CARD_FILENAME = "model_card.json"
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def dataset_sha256(X: np.ndarray, y: np.ndarray) -> str:
+    """sha256 of X then y, both as C-ordered little-endian float64 bytes.
+
+    Fixing dtype and byte order makes the digest depend on the values only, not on how the
+    arrays happen to be stored (int labels, Fortran order, big-endian platforms).
+
+    >>> dataset_sha256(np.zeros((2, 3)), np.array([0, 1])) == dataset_sha256(
+    ...     np.zeros((2, 3), dtype=np.float32), np.array([0.0, 1.0]))
+    True
+    """
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(X, dtype="<f8").tobytes())
+    h.update(np.ascontiguousarray(y, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+class ModelCard(BaseModel):
+    """Metadata stored as ``model_card.json`` beside ``model.onnx``."""
+
+    # Frozen: a loaded card is evidence, not state. Unknown keys are refused so that a card
+    # written by a newer trainer fails loudly instead of silently dropping meaning.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    framework: Literal["onnx"] = "onnx"
+    features: list[str] = Field(min_length=1, description="Input columns, in model order.")
+    classes: list[str] = Field(
+        min_length=2, description="Output classes in probability-column order; the last is positive."
+    )
+    onnx_sha256: str = Field(pattern=_SHA256)
+    training_data_sha256: str = Field(pattern=_SHA256, description="See dataset_sha256().")
+    training_data_version: str | None = None
+    seed: int
+    n_train: int = Field(ge=0)
+    n_test: int = Field(ge=0)
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Held-out metrics: roc_auc, accuracy, log_loss."
+    )
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+    @field_validator("features", "classes")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"names must be unique: {value}")
+        return value
+
+    @property
+    def positive_class(self) -> str:
+        return self.classes[-1]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``<directory>/model_card.json`` (creating the directory) and return its path."""
+        path = Path(directory) / CARD_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelCard:
+        """Read ``<directory>/model_card.json``; raises pydantic.ValidationError if malformed."""
+        path = Path(directory) / CARD_FILENAME
+        return cls.model_validate_json(path.read_bytes())

@@ -1,0 +1,334 @@
+"""Byte codecs for the streamscore records, independent of any Kafka client.
+
+Every way a FeatureEvent payload can be unusable maps to one ``InvalidEvent`` with a machine-readable
+``code`` (for dead-letter routing and metrics) and a human-readable ``reason`` naming the field.
+
+>>> ev = decode_feature_event(b'{"event_id":"e1","entity_id":"u1","event_time":1700000000000,'
+...                           b'"schema_version":1,"features":{"amount":12}}')
+>>> ev.features
+{'amount': 12.0}
+>>> decode_feature_event(encode_feature_event(ev, "avro"), "auto") == ev
+True
+>>> try:
+...     decode_feature_event(b'{"event_id":"e2","entity_id":"u1","event_time":0,'
+...                          b'"schema_version":1,"features":{"amount":"NaN"}}')
+... except InvalidEvent as e:
+...     print(e.code, "|", e.reason, "|", e.event_id)
+non_finite | feature 'amount' is the string 'NaN'; features must be finite numbers | e2
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import struct
+from typing import Any, Literal, get_args
+
+import orjson
+from fastavro import schemaless_reader, schemaless_writer
+from pydantic import ValidationError
+
+from .records import SUPPORTED_SCHEMA_VERSIONS, DeadLetter, FeatureEvent, Prediction
+from .registry import SCHEMA_IDS, parsed_schema, schema_id
+
+__all__ = [
+    "REASON_CODES",
+    "InvalidEvent",
+    "ReasonCode",
+    "decode_dead_letter",
+    "decode_feature_event",
+    "decode_prediction",
+    "encode_dead_letter",
+    "encode_feature_event",
+    "encode_prediction_json",
+    "prediction_to_json_bytes",
+]
+
+ReasonCode = Literal[
+    "oversized",
+    "empty",
+    "not_json",
+    "bad_avro",
+    "unknown_schema_id",
+    "unknown_schema_version",
+    "schema_violation",
+    "non_finite",
+    "wrong_type",
+    "missing_feature",
+    "extra_feature",
+]
+REASON_CODES: frozenset[str] = frozenset(get_args(ReasonCode))
+
+
+class InvalidEvent(Exception):
+    """A payload that cannot be scored.
+
+    ``code`` is one of REASON_CODES; ``reason`` is a sentence naming the offending field; ``event_id`` is
+    set when it could be read before failing (so the dead letter can still be correlated).
+
+    >>> e = InvalidEvent("non_finite", "feature 'amount' is NaN", event_id="e1")
+    >>> str(e), e.code, e.event_id
+    ("non_finite: feature 'amount' is NaN", 'non_finite', 'e1')
+    """
+
+    def __init__(self, code: ReasonCode, reason: str, event_id: str | None = None) -> None:
+        if code not in REASON_CODES:  # a typo here would silently create a new DLQ category
+            raise ValueError(f"unknown InvalidEvent code {code!r}")
+        super().__init__(f"{code}: {reason}")
+        self.code: str = code
+        self.reason: str = reason
+        self.event_id: str | None = event_id
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep picklable despite the custom __init__
+        return (type(self), (self.code, self.reason, self.event_id))
+
+
+# Confluent wire framing: magic byte 0x00, 4-byte big-endian schema id, then the Avro body.
+_HEADER = struct.Struct(">BI")
+_FEATURE_EVENT_ID = schema_id("feature_event")
+_FEATURE_SCHEMA = parsed_schema("feature_event")
+_FEATURE_HEADER = _HEADER.pack(0, _FEATURE_EVENT_ID)
+# Same as FeatureEvent.model_validate minus its Python wrapper (~0.4 us/event saved on the hot path).
+_validate_feature_event = FeatureEvent.__pydantic_validator__.validate_python
+
+
+def decode_feature_event(
+    raw: bytes | None, fmt: Literal["json", "avro", "auto"] = "json", max_bytes: int = 65536
+) -> FeatureEvent:
+    """Decode and validate one FeatureEvent; raise InvalidEvent on any problem.
+
+    ``fmt="auto"`` treats a leading 0x00 byte as Confluent Avro framing and anything else as JSON.
+
+    >>> try:
+    ...     decode_feature_event(b"x" * 70000)
+    ... except InvalidEvent as e:
+    ...     print(e.code, "|", e.reason)
+    oversized | payload is 70000 bytes, limit is 65536
+    """
+    if not raw:
+        what = "null (tombstone)" if raw is None else "empty (0 bytes)"
+        raise InvalidEvent("empty", f"message value is {what}")
+    size = len(raw)
+    if size > max_bytes:
+        raise InvalidEvent("oversized", f"payload is {size} bytes, limit is {max_bytes}")
+    if fmt == "json" or (fmt == "auto" and raw[0] != 0):
+        data = _parse_json(raw)
+    elif fmt == "avro" or fmt == "auto":
+        data = _parse_avro(raw)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected 'json', 'avro' or 'auto'")
+
+    version = data.get("schema_version")
+    # Checked before full validation: a future version may legitimately differ in shape, and the operator
+    # needs to see "unsupported version", not a list of field errors.
+    if type(version) is int and version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise InvalidEvent(
+            "unknown_schema_version",
+            f"schema_version {version} is not supported (supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})",
+            _event_id_of(data),
+        )
+    try:
+        return _validate_feature_event(data)
+    except ValidationError as e:
+        code, reason = _explain(e)
+        raise InvalidEvent(code, reason, _event_id_of(data)) from e
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        reason = f"payload is not valid JSON ({e})"
+        text = bytes(raw)
+        if b"NaN" in text or b"Infinity" in text or "infinity" in str(e):
+            reason += "; it contains NaN/Infinity, which JSON does not allow (features must be finite)"
+        elif text[:1] == b"\x00":
+            reason += "; it starts with 0x00 like Confluent Avro framing (use fmt 'avro' or 'auto')"
+        raise InvalidEvent("not_json", reason) from e
+    if type(data) is not dict:
+        raise InvalidEvent("not_json", f"payload is a JSON {_type_name(data)}, expected an object")
+    return data
+
+
+def _parse_avro(raw: bytes) -> dict[str, Any]:
+    if raw[0] != 0:
+        raise InvalidEvent("bad_avro", f"first byte is 0x{raw[0]:02x}, expected Confluent magic byte 0x00")
+    if len(raw) < _HEADER.size:
+        raise InvalidEvent("bad_avro", f"payload is {len(raw)} bytes, shorter than the 5-byte Confluent header")
+    _, sid = _HEADER.unpack_from(raw)
+    if sid != _FEATURE_EVENT_ID:
+        known = SCHEMA_IDS.get(sid)
+        detail = "is not registered" if known is None else f"is '{known}'"
+        raise InvalidEvent(
+            "unknown_schema_id", f"schema id {sid} {detail}; expected {_FEATURE_EVENT_ID} (feature_event)"
+        )
+    buf = io.BytesIO(raw)  # shares the bytes object; seek instead of slicing avoids a copy
+    buf.seek(_HEADER.size)
+    try:
+        data = schemaless_reader(buf, _FEATURE_SCHEMA, None)
+    except Exception as e:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ... on garbage
+        detail = "body ended early" if isinstance(e, EOFError) else f"{type(e).__name__}: {e}"
+        raise InvalidEvent("bad_avro", f"Avro body does not decode as feature_event ({detail})") from e
+    trailing = len(raw) - buf.tell()
+    if trailing:  # a valid prefix followed by junk usually means the wrong writer schema
+        raise InvalidEvent("bad_avro", f"Avro body has {trailing} trailing bytes after the feature_event")
+    return data
+
+
+def _event_id_of(data: dict[str, Any]) -> str | None:
+    eid = data.get("event_id")
+    return eid if type(eid) is str and eid else None
+
+
+_TYPE_NAMES: dict[type, str] = {
+    type(None): "null",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+    bytes: "bytes",
+}
+_EXPECTED: dict[str, str] = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "dict_type": "an object",
+    "bytes_type": "bytes",
+}
+_NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
+_MAX_REASONS = 5
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _is_non_finite_word(text: str) -> bool:
+    return text.strip().lower().lstrip("+-") in _NON_FINITE_WORDS
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    if len(loc) == 2 and loc[0] == "features":
+        return f"feature '{loc[1]}'"
+    if len(loc) == 2 and loc[0] == "metadata":
+        return f"metadata '{loc[1]}'"
+    return "field '" + ".".join(str(p) for p in loc) + "'"
+
+
+def _explain_one(err: Any) -> tuple[ReasonCode, str]:
+    kind, loc, value = err["type"], err["loc"], err.get("input")
+    where = _where(loc)
+    if kind == "missing":
+        return "schema_violation", f"missing {where}"
+    if kind == "extra_forbidden":
+        return "schema_violation", f"unknown {where}"
+    if kind == "string_too_short":
+        return "schema_violation", f"{where} must not be empty"
+    if kind == "finite_number":
+        shown = "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+        return "non_finite", f"{where} is {shown}"
+    if kind in _EXPECTED:
+        if loc[0] == "features" and type(value) is str and _is_non_finite_word(value):
+            return "non_finite", f"{where} is the string {value!r}; features must be finite numbers"
+        return "wrong_type", f"{where} must be {_EXPECTED[kind]}, got {_type_name(value)}"
+    if kind in ("greater_than_equal", "less_than_equal"):  # the Avro int/long bounds from records.py
+        bound = abs(next(iter(err.get("ctx", {}).values()), 0))
+        avro_type = "int" if bound <= 2**31 else "long"
+        return "schema_violation", f"{where} is {value}, outside the range of an Avro {avro_type}"
+    return "schema_violation", f"{where}: {err['msg']}"
+
+
+def _explain(exc: ValidationError) -> tuple[ReasonCode, str]:
+    """Code of the first problem (in field order) and a reason listing up to _MAX_REASONS problems."""
+    explained = [_explain_one(err) for err in exc.errors(include_url=False)]
+    reasons = [reason for _, reason in explained[:_MAX_REASONS]]
+    if len(explained) > _MAX_REASONS:
+        reasons.append(f"and {len(explained) - _MAX_REASONS} more problems")
+    return explained[0][0], "; ".join(reasons)
+
+
+def encode_feature_event(event: FeatureEvent, fmt: Literal["json", "avro"]) -> bytes:
+    """Serialize a FeatureEvent: orjson JSON, or Avro with Confluent framing (schema id 1).
+
+    >>> ev = FeatureEvent(event_id="e", entity_id="u", event_time=0, schema_version=1, features={"x": 1})
+    >>> encode_feature_event(ev, "avro")[:5]
+    b'\\x00\\x00\\x00\\x00\\x01'
+    >>> encode_feature_event(ev, "json")[:16]
+    b'{"event_id":"e",'
+    """
+    data = event.model_dump()
+    if fmt == "json":
+        return orjson.dumps(data)
+    if fmt == "avro":
+        buf = io.BytesIO()
+        buf.write(_FEATURE_HEADER)
+        schemaless_writer(buf, _FEATURE_SCHEMA, data)
+        return buf.getvalue()
+    raise ValueError(f"unknown format {fmt!r}; expected 'json' or 'avro'")
+
+
+def prediction_to_json_bytes(d: dict[str, Any]) -> bytes:
+    """orjson bytes for a plain dict holding exactly the Prediction fields (the hot path builds dicts).
+
+    Not validated against the model, for speed; only non-finite numbers are refused, because orjson would
+    silently write NaN/inf as null and consumers would then fail to decode the record. numpy scalars are
+    accepted.
+
+    >>> prediction_to_json_bytes({"score": 0.5, "latency_ms": 1.0, "probabilities": {"yes": 0.5}})
+    b'{"score":0.5,"latency_ms":1.0,"probabilities":{"yes":0.5}}'
+    >>> prediction_to_json_bytes({"score": float("nan"), "latency_ms": 1.0, "probabilities": {}})
+    Traceback (most recent call last):
+    ...
+    ValueError: prediction has a non-finite score/latency_ms/probability: score=nan
+    """
+    probs = d["probabilities"]
+    # One sum catches any NaN/inf; on failure re-check exactly (a sum of huge finite values can overflow).
+    if not math.isfinite(d["score"] + d["latency_ms"] + sum(probs.values())):
+        bad = [(k, d[k]) for k in ("score", "latency_ms") if not math.isfinite(d[k])]
+        bad += [(f"probabilities[{k!r}]", v) for k, v in probs.items() if not math.isfinite(v)]
+        if bad:
+            shown = ", ".join(f"{k}={v}" for k, v in bad)
+            raise ValueError(f"prediction has a non-finite score/latency_ms/probability: {shown}")
+    return orjson.dumps(d, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_prediction_json(p: Prediction) -> bytes:
+    """JSON bytes for a Prediction model (convenience; the hot path uses prediction_to_json_bytes)."""
+    return prediction_to_json_bytes(p.model_dump())
+
+
+def decode_prediction(raw: bytes) -> Prediction:
+    """Parse Prediction JSON; raises a ValueError subclass (orjson or pydantic) if it is not valid."""
+    return Prediction.model_validate(orjson.loads(raw))
+
+
+_BYTES_FIELDS = ("original_key", "original_value")
+
+
+def encode_dead_letter(dl: DeadLetter) -> bytes:
+    """JSON bytes for a DeadLetter; the bytes fields become standard base64 strings.
+
+    >>> dl = DeadLetter(reason_code="empty", reason="message value is empty", source_topic="t",
+    ...                 source_partition=0, source_offset=7, original_value=b"", failed_at=0, worker="w1")
+    >>> decode_dead_letter(encode_dead_letter(dl)) == dl
+    True
+    """
+    data = dl.model_dump()
+    for name in _BYTES_FIELDS:
+        if data[name] is not None:
+            data[name] = base64.b64encode(data[name]).decode("ascii")
+    return orjson.dumps(data)
+
+
+def decode_dead_letter(raw: bytes) -> DeadLetter:
+    """Reverse of encode_dead_letter; raises a ValueError subclass on malformed input."""
+    data = orjson.loads(raw)
+    if type(data) is not dict:
+        raise ValueError(f"dead letter is a JSON {_type_name(data)}, expected an object")
+    for name in _BYTES_FIELDS:
+        if type(data.get(name)) is str:
+            data[name] = base64.b64decode(data[name], validate=True)
+    return DeadLetter.model_validate(data)

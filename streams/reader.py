@@ -1,0 +1,71 @@
+"""Reading topics outside any consumer group: for `tail`, the demo, tests and the benchmark.
+
+Partitions are assigned directly (no group join, so no rebalance wait) and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
+
+from streams.settings import Settings
+
+
+def _consumer(settings: Settings, topic: str, from_beginning: bool) -> tuple[Consumer, int]:
+    consumer = Consumer({
+        **settings.kafka_client_config(),
+        "group.id": "streamscore-reader",  # required by librdkafka; never joined nor committed
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 50,
+    })
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None:
+        consumer.close()
+        raise KeyError(f"topic {topic!r} does not exist")
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in meta.partitions])
+    return consumer, len(meta.partitions)
+
+
+def follow(
+    settings: Settings, topic: str, from_beginning: bool = True, stop_at_end: bool = False, idle_timeout: float = 0.2
+) -> Iterator[Message]:
+    """Yield messages of every partition; with ``stop_at_end``, stop once all partitions hit their end."""
+    consumer, n_partitions = _consumer(settings, topic, from_beginning)
+    at_end: set[int] = set()
+    try:
+        while True:
+            for msg in consumer.consume(1000, idle_timeout):
+                err = msg.error()
+                if err is None:
+                    at_end.discard(msg.partition())
+                    yield msg
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                else:
+                    raise RuntimeError(f"reading {topic}: {err}")
+            if stop_at_end and len(at_end) == n_partitions:
+                return
+    finally:
+        consumer.close()
+
+
+def read_all(settings: Settings, topic: str) -> list[Message]:
+    """Everything currently in the topic."""
+    return list(follow(settings, topic, from_beginning=True, stop_at_end=True))
+
+
+def wait_for(settings: Settings, topic: str, predicate, timeout: float) -> list[Message]:
+    """Read ``topic`` from the start until ``predicate(messages)`` holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    messages: list[Message] = []
+    consumer, _ = _consumer(settings, topic, True)
+    try:
+        while not predicate(messages) and time.monotonic() < deadline:
+            messages.extend(m for m in consumer.consume(5000, 0.2) if m.error() is None)
+        return messages
+    finally:
+        consumer.close()

@@ -1,0 +1,106 @@
+"""Shared fixtures: one embedded broker and one trained demo model per test session.
+
+End-to-end tests get their own topics and consumer group each, so they never see each other's data.
+Set STREAMSCORE_TEST_BROKER=kafka://host:port to run them against a real Kafka cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from streams.demo import start_worker, stop_worker, wait_ready
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    state = tmp_path_factory.mktemp("state")
+    external = os.environ.get("STREAMSCORE_TEST_BROKER")
+    settings = Settings(broker=external or "embedded", embedded_port=free_port(), state_dir=state)
+    broker = None if external else EmbeddedBroker(settings)
+    if broker:
+        broker.up()
+    yield settings
+    if broker:
+        broker.down()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.train_demo import train_demo_model
+
+    out = tmp_path_factory.mktemp("model") / "demo-risk" / "1"
+    train_demo_model(out, seed=7, n=5000)
+    return out
+
+
+@dataclass
+class Flow:
+    """One isolated scoring flow: unique topics, group and web port; workers run as real processes."""
+
+    settings: Settings
+    log_dir: Path
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def json_topic(self) -> str:
+        return next(t for t, f in self.settings.input_topics.items() if f == "json")
+
+    @property
+    def avro_topic(self) -> str:
+        return next(t for t, f in self.settings.input_topics.items() if f == "avro")
+
+    def start_worker(self, wait: bool = True, **overrides: object) -> subprocess.Popen:
+        settings = self.settings.model_copy(update={"web_port": free_port(), **overrides})
+        proc = start_worker(settings, self.log_dir / f"worker-{len(self.workers)}.log")
+        self.workers.append(proc)
+        if wait and not wait_ready(settings.web_port, timeout=90, proc=proc):
+            raise AssertionError(f"worker not ready:\n{self.log()}")
+        return proc
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+
+    def stop_all(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                stop_worker(proc)
+
+
+@pytest.fixture(params=["faust", "batch"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def flow(base_settings: Settings, model_dir: Path, tmp_path: Path, engine: str) -> Iterator[Flow]:
+    run = uuid.uuid4().hex[:8]
+    settings = base_settings.model_copy(update={
+        "app_id": f"test-{run}",
+        "input_topics": {f"features-{run}": "json", f"features-avro-{run}": "avro"},
+        "prediction_topic": f"predictions-{run}",
+        "dead_letter_topic": f"dead-letter-{run}",
+        "model_dir": model_dir,
+        "engine": engine,
+        "state_dir": tmp_path,
+    })
+    ensure_topics(settings)
+    flow = Flow(settings, tmp_path)
+    yield flow
+    flow.stop_all()
