@@ -168,7 +168,7 @@ def _parse_avro(raw: bytes) -> dict[str, Any]:
     try:
         data = schemaless_reader(buf, _FEATURE_SCHEMA, None)
     except Exception as e:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ... on garbage
-        detail = "body ended early" if isinstance(e, EOFError) else f"{type(e).__name__}: {e}"
+        detail = "body ended early" if isinstance(e, EOFError) else _clip(f"{type(e).__name__}: {e}")
         raise InvalidEvent("bad_avro", f"Avro body does not decode as feature_event ({detail})") from e
     trailing = len(raw) - buf.tell()
     if trailing:  # a valid prefix followed by junk usually means the wrong writer schema
@@ -210,12 +210,17 @@ def _is_non_finite_word(text: str) -> bool:
     return text.strip().lower().lstrip("+-") in _NON_FINITE_WORDS
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    # Names and messages come from the payload; keep a hostile 60 KB key out of logs and dead letters.
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _where(loc: tuple[Any, ...]) -> str:
     if len(loc) == 2 and loc[0] == "features":
-        return f"feature '{loc[1]}'"
+        return f"feature '{_clip(str(loc[1]))}'"
     if len(loc) == 2 and loc[0] == "metadata":
-        return f"metadata '{loc[1]}'"
-    return "field '" + ".".join(str(p) for p in loc) + "'"
+        return f"metadata '{_clip(str(loc[1]))}'"
+    return "field '" + _clip(".".join(str(p) for p in loc)) + "'"
 
 
 def _explain_one(err: Any) -> tuple[ReasonCode, str]:
@@ -232,7 +237,7 @@ def _explain_one(err: Any) -> tuple[ReasonCode, str]:
         return "non_finite", f"{where} is {shown}"
     if kind in _EXPECTED:
         if loc[0] == "features" and type(value) is str and _is_non_finite_word(value):
-            return "non_finite", f"{where} is the string {value!r}; features must be finite numbers"
+            return "non_finite", f"{where} is the string {_clip(repr(value))}; features must be finite numbers"
         return "wrong_type", f"{where} must be {_EXPECTED[kind]}, got {_type_name(value)}"
     if kind in ("greater_than_equal", "less_than_equal"):  # the Avro int/long bounds from records.py
         bound = abs(next(iter(err.get("ctx", {}).values()), 0))

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from models.onnx_scorer import OnnxScorer
 from streams.agents import register_scoring_agent
 from streams.batch_lane import BatchLane
+from streams.faust_transport import StreamscoreApp
 from streams.pipeline import ScoringPipeline
 from streams.publisher import Publisher
 from streams.settings import Settings
@@ -35,8 +36,9 @@ class Worker:
         self.pipeline = ScoringPipeline(settings, self.scorer)
         self.publisher = Publisher(settings)
         self.started_at = time.time()
-        self.app = faust.App(
+        self.app = StreamscoreApp(
             settings.app_id,
+            fetch_max_wait_ms=settings.fetch_wait_ms,
             broker=settings.faust_broker_url,
             broker_credentials=_faust_credentials(settings),
             store="memory://",

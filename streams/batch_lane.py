@@ -62,7 +62,7 @@ class BatchLane:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": s.session_timeout_ms,
             "heartbeat.interval.ms": s.heartbeat_interval_ms,
-            "fetch.wait.max.ms": 5,
+            "fetch.wait.max.ms": s.fetch_wait_ms,
         })
         consumer.subscribe(list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         within = s.batch_within_ms / 1000

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from models.demo import FEATURE_NAMES, sample_events
 from streams.broker import ensure_broker
-from streams.producer import bad_payloads, encode_events, produce
+from streams.producer import bad_avro_payloads, bad_payloads, encode_events, produce
 from streams.reader import wait_for
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -58,6 +58,11 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 30) -> int:
         return proc.wait()
 
 
+def topic_of(settings: Settings, fmt: str) -> str | None:
+    """The first input topic of a wire format."""
+    return next((t for t, f in settings.input_topics.items() if f == fmt), None)
+
+
 def run_demo(settings: Settings, n_events: int, console: Console) -> int:
     from streams.cli import ensure_demo_model, progress_bar, render
 
@@ -79,10 +84,16 @@ def run_demo(settings: Settings, n_events: int, console: Console) -> int:
                 return 1
         run_seed = int(time.time())  # fresh event ids each run, so counts are of this run only
         events = sample_events(run_seed, n_events)
-        bad = bad_payloads(FEATURE_NAMES)
-        produce(settings, "features", encode_events(events))
-        produce(settings, "features", [payload for _, payload in bad])
-        console.print(f"[green]✓[/] produced {n_events} events and {len(bad)} bad inputs to 'features'")
+        json_topic, avro_topic = topic_of(settings, "json"), topic_of(settings, "avro")
+        bad = bad_payloads(FEATURE_NAMES, str(run_seed))
+        bad_avro = bad_avro_payloads(FEATURE_NAMES, str(run_seed)) if avro_topic else []
+        produce(settings, json_topic, encode_events(events))
+        produce(settings, json_topic, [payload for _, payload in bad])
+        if avro_topic:
+            produce(settings, avro_topic, [payload for _, payload in bad_avro])
+        bad += bad_avro
+        console.print(f"[green]✓[/] produced {n_events} events and {len(bad)} bad inputs "
+                      f"to {', '.join(t for t in (json_topic, avro_topic) if t)}")
         wanted = {e["event_id"] for e in events}
 
         def ours(messages) -> list[dict]:

@@ -5,6 +5,7 @@ Label children are cached by the callers (``.labels()`` costs more than the incr
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_IN = Counter("streamscore_events_in_total", "Input events consumed", ["topic"])
@@ -22,3 +23,20 @@ EVENT_LATENCY = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 MODEL_INFO = Gauge("streamscore_model_info", "Loaded model (value 1)", ["model", "version", "sha256"])
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """Observe a batch of values with one increment per bucket instead of one ``observe`` per value.
+
+    Per-event ``observe`` cost ~3 µs, a third of the scoring pipeline. This mirrors
+    ``Histogram.observe`` (a value lands in the first bucket whose upper bound is >= value) and
+    relies on prometheus_client's ``_upper_bounds``/``_buckets``/``_sum``; tests compare the two.
+    """
+    if len(values) == 0:
+        return
+    bounds = histogram._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))

@@ -7,7 +7,6 @@ Bad input never raises: it becomes a dead letter carrying the reason and the ori
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import numpy as np
 from models.onnx_scorer import OnnxScorer
 from schemas.codecs import InvalidEvent, decode_feature_event, encode_dead_letter, prediction_to_json_bytes
 from schemas.records import DeadLetter
-from schemas.validation import FeatureValidator
+from schemas.validation import FeatureValidator, input_hash
 from streams import metrics
 from streams.publisher import Headers, Outbound
 from streams.settings import Settings
@@ -102,6 +101,8 @@ class ScoringPipeline:
         scores = batch.scores.tolist()
         labels = [str(label) for label in batch.labels]
         version_header = scorer.version.encode()
+        event_times = np.fromiter((event.event_time for _, event in good), dtype=np.int64, count=len(good))
+        metrics.observe_many(metrics.EVENT_LATENCY, np.maximum(0, scored_at - event_times) / 1000)
         outputs = []
         for i, (msg, event) in enumerate(good):
             record = {
@@ -114,7 +115,7 @@ class ScoringPipeline:
                 "score": scores[i],
                 "label": labels[i],
                 "probabilities": dict(zip(classes, probabilities[i], strict=True)),
-                "input_hash": hashlib.sha256(X[i].tobytes()).hexdigest(),
+                "input_hash": input_hash(X[i].tobytes()),
                 "scored_at": scored_at,
                 "latency_ms": latency_ms,
                 "route": self.route,
@@ -124,7 +125,6 @@ class ScoringPipeline:
                 "source_offset": msg.offset,
                 "schema_version": event.schema_version,
             }
-            metrics.EVENT_LATENCY.observe(max(0.0, (scored_at - event.event_time) / 1000))
             headers = [
                 ("event_id", event.event_id.encode()),
                 ("model_version", version_header),

@@ -35,32 +35,51 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 yield orjson.loads(line)
 
 
-def bad_payloads(feature_names: Iterable[str]) -> list[tuple[str, KeyedPayload]]:
-    """One example of each kind of bad input, labelled with the dead-letter reason it must get."""
+def bad_payloads(feature_names: Iterable[str], tag: str = "0") -> list[tuple[str, KeyedPayload]]:
+    """One bad input of each kind for a JSON topic, labelled with the dead-letter reason it must get.
+
+    Keys are ``bad-<tag>-<n>``, so runs with different tags can be told apart on a shared topic.
+    """
     names = list(feature_names)
     good = {name: 1.0 for name in names}
 
-    def event(i: int, **overrides: object) -> dict:
-        base = {"event_id": f"bad-{i}", "entity_id": "acct-bad", "event_time": int(time.time() * 1000),
+    def key(i: int) -> bytes:
+        return f"bad-{tag}-{i}".encode()
+
+    def event(i: int, **overrides: object) -> bytes:
+        base = {"event_id": key(i).decode(), "entity_id": "acct-bad", "event_time": int(time.time() * 1000),
                 "schema_version": 1, "features": dict(good)}
         base.update(overrides)
-        return base
+        return orjson.dumps({k: v for k, v in base.items() if v is not _DROP})
 
-    missing = dict(good)
-    missing.pop(names[0])
-    avro_ok = encode_feature_event(FeatureEvent.model_validate(event(9)), "avro")
+    missing = {k: v for k, v in good.items() if k != names[0]}
     return [
-        ("not_json", (b"bad-0", b"this is not json")),
-        ("schema_violation", (b"bad-1", orjson.dumps({k: v for k, v in event(1).items() if k != "entity_id"}))),
-        ("wrong_type", (b"bad-2", orjson.dumps(event(2, features={**good, names[1]: "high"})))),
-        ("non_finite", (b"bad-3", orjson.dumps(event(3, features={**good, names[2]: "NaN"})))),
-        ("oversized", (b"bad-4", orjson.dumps(event(4, metadata={"blob": "x" * 70_000})))),
-        ("unknown_schema_version", (b"bad-5", orjson.dumps(event(5, schema_version=99)))),
-        ("missing_feature", (b"bad-6", orjson.dumps(event(6, features=missing)))),
-        ("extra_feature", (b"bad-7", orjson.dumps(event(7, features={**good, "surprise": 1.0})))),
-        ("bad_avro", (b"bad-8", avro_ok[:5] + b"\xff\xff\xff")),
-        ("empty", (b"bad-10", b"")),
+        ("not_json", (key(0), b"this is not json")),
+        ("schema_violation", (key(1), event(1, entity_id=_DROP))),
+        ("wrong_type", (key(2), event(2, features={**good, names[1]: "high"}))),
+        ("non_finite", (key(3), event(3, features={**good, names[2]: "NaN"}))),
+        ("oversized", (key(4), event(4, metadata={"blob": "x" * 70_000}))),
+        ("unknown_schema_version", (key(5), event(5, schema_version=99))),
+        ("missing_feature", (key(6), event(6, features=missing))),
+        ("extra_feature", (key(7), event(7, features={**good, "surprise": 1.0}))),
+        ("empty", (key(8), b"")),
     ]
+
+
+def bad_avro_payloads(feature_names: Iterable[str], tag: str = "0") -> list[tuple[str, KeyedPayload]]:
+    """Bad inputs for an Avro topic (Confluent framing), labelled with their dead-letter reason."""
+    good = {name: 1.0 for name in feature_names}
+    event = FeatureEvent(event_id=f"bad-{tag}-avro", entity_id="acct-bad", event_time=int(time.time() * 1000),
+                         schema_version=1, features=good)
+    framed = encode_feature_event(event, "avro")
+    return [
+        ("bad_avro", (f"bad-{tag}-a0".encode(), framed[:5] + b"\xff\xff\xff")),
+        ("unknown_schema_id", (f"bad-{tag}-a1".encode(), b"\x00\x00\x00\x03\xe7" + framed[5:])),
+        ("bad_avro", (f"bad-{tag}-a2".encode(), b'{"event_id": "json-on-an-avro-topic"}')),
+    ]
+
+
+_DROP = object()  # marks a field to leave out of a bad event
 
 
 def produce(
@@ -73,6 +92,7 @@ def produce(
 ) -> int:
     """Produce keyed payloads (optionally at ``rate`` events/s) and wait until all are delivered."""
     publisher = Publisher(settings, **{"linger.ms": 5})
+    publisher.connect(topic)  # so a paced stream is not held up behind the first metadata request
     sent, started, buffer = 0, time.monotonic(), []
     deliveries = []
 

@@ -116,6 +116,10 @@ class Publisher:
                     time.sleep(0.005)
         return delivery
 
+    def connect(self, topic: str, timeout: float = 10.0) -> None:
+        """Fetch the topic's metadata (and so open the connections) before the first send."""
+        self._producer.list_topics(topic, timeout=timeout)
+
     def close(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._poller.join(timeout=1)

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # -> ~23 s, 6 s -> ~3 s, 2 s -> ~1.1 s), so a short session timeout keeps joins fast.
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(500, ge=100)
+    fetch_max_wait_ms: int | None = Field(
+        None, ge=1,
+        description="Longest a consumer fetch waits for data. Tansu holds every fetch this long even when "
+        "data arrives (Kafka answers at once), so the default is 10 ms on the embedded broker, 500 on Kafka.",
+    )
     commit_interval_s: float = Field(1.0, gt=0, description="How often acked offsets are committed.")
 
     # Security for a real cluster (passed straight to the Kafka clients; never logged).
@@ -88,6 +93,12 @@ class Settings(BaseSettings):
     @property
     def is_embedded(self) -> bool:
         return self.broker == "embedded"
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        if self.fetch_max_wait_ms is not None:
+            return self.fetch_max_wait_ms
+        return 10 if self.is_embedded else 500
 
     @property
     def bootstrap_servers(self) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from models.demo import FEATURE_NAMES, sample_events
 from schemas.validation import input_hash
-from streams.producer import bad_payloads, encode_events, produce
+from streams.producer import bad_avro_payloads, bad_payloads, encode_events, produce
 from streams.reader import read_all, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -74,10 +74,13 @@ def test_every_event_gets_the_direct_onnx_score(flow):
 def test_bad_input_is_dead_lettered_and_good_input_still_scored(flow):
     s = flow.settings
     good = sample_events(21, 200)
-    bad = bad_payloads(FEATURE_NAMES)
+    bad, bad_avro = bad_payloads(FEATURE_NAMES), bad_avro_payloads(FEATURE_NAMES)
     payloads = list(encode_events(good[:100])) + [p for _, p in bad] + list(encode_events(good[100:]))
     produce(s, flow.json_topic, payloads)
+    produce(s, flow.avro_topic, [p for _, p in bad_avro])
     flow.start_worker()
+    topic_of = {key: flow.json_topic for _, (key, _) in bad} | {key: flow.avro_topic for _, (key, _) in bad_avro}
+    bad += bad_avro
 
     bad_keys = {key for _, (key, _) in bad}
     letters = wait_for(s, s.dead_letter_topic, lambda ms: bad_keys <= {m.key() for m in ms}, timeout=90)
@@ -87,7 +90,7 @@ def test_bad_input_is_dead_lettered_and_good_input_still_scored(flow):
         assert letter["reason_code"] == expected_code, letter
         assert letter["reason"] and len(letter["reason"]) > 10
         assert base64.b64decode(letter["original_value"]) == original  # the exact bytes, for replay
-        assert letter["source_topic"] == flow.json_topic and letter["source_offset"] >= 0
+        assert letter["source_topic"] == topic_of[key] and letter["source_offset"] >= 0
     by_id, _ = predictions_by_id(s, {e["event_id"] for e in good})
     assert {e["event_id"] for e in good} <= set(by_id)
     assert not any(k.decode() in by_id for k in bad_keys)
