@@ -60,6 +60,8 @@ class Worker:
             register_scoring_agent(self.app, settings, self.pipeline, self.publisher)
         else:
             self.lane = BatchLane(settings, self.pipeline, self.publisher)
+        # --- capabilities beside scoring register here, one line each (each module owns its wiring) ---
+        # (end of capability registrations)
         self.app.service(_Lifecycle(self))
         self._register_pages()
 

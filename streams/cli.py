@@ -211,6 +211,10 @@ def bench(
     run_bench(settings(), 20_000 if quick else events, console)
 
 
+# --- command groups of other capabilities, one `app.add_typer` line each ---------------------------
+# (end of command groups)
+
+
 def main() -> None:
     app()
 
