@@ -25,7 +25,7 @@ from models.demo import sample_events
 from models.onnx_scorer import OnnxScorer
 from streams.broker import ensure_broker
 from streams.demo import start_worker, stop_worker, wait_ready
-from streams.producer import encode_events, produce
+from streams.producer import encode_events, produce, stamped_now
 from streams.reader import read_all, wait_for
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -52,7 +52,7 @@ def raw_kafka_loop(settings: Settings, topic: str, n: int) -> float:
                          "auto.offset.reset": "earliest", "session.timeout.ms": settings.session_timeout_ms,
                          "heartbeat.interval.ms": settings.heartbeat_interval_ms,
                          "fetch.wait.max.ms": settings.fetch_wait_ms})
-    producer = Producer({**conf, "linger.ms": 2, "acks": "all", "enable.idempotence": True,
+    producer = Producer({**conf, "linger.ms": 2, "acks": "all", "enable.idempotence": settings.producer_idempotence,
                          "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
     consumer.subscribe([topic])
     done, started, last_commit = 0, None, time.monotonic()
@@ -104,7 +104,7 @@ def worker_run(settings: Settings, engine: str, topic: str, n: int, console: Con
         ids = {e["event_id"] for e in measured}
         total = n + len(warm_up) + len(measured)
         with console.status(f"{engine}: latency at {paced_rate} events/s"):
-            produce(settings, topic, encode_events(_fresh_times(warm_up + measured)), rate=paced_rate)
+            produce(settings, topic, encode_events(stamped_now(warm_up + measured)), rate=paced_rate)
             msgs = wait_for(settings, pred, lambda ms: len(ms) >= total, timeout=120)
         lat = [m.timestamp()[1] - row["event_time"] for m in msgs[n:]
                if (row := orjson.loads(m.value()))["event_id"] in ids]
@@ -125,11 +125,6 @@ def predictions_total(port: int) -> float:
     return sum(sample.value for family in text_string_to_metric_families(text)
                if family.name == "streamscore_predictions" for sample in family.samples
                if sample.name == "streamscore_predictions_total")
-
-
-def _fresh_times(events: list[dict]):
-    for e in events:  # stamped as they are produced, so the latency starts at the producer
-        yield {**e, "event_time": time.time_ns() // 1_000_000}
 
 
 def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 2000) -> None:

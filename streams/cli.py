@@ -150,7 +150,7 @@ def render(topic: str, msg) -> str:
         return f"[dim]{msg.partition()}:{msg.offset()}[/] {msg.value()!r:.120}"
     where = f"[dim]{msg.partition()}:{msg.offset():>6}[/]"
     if "model_version" in body and "score" in body:
-        colour = "red" if body["label"] not in ("0", "false") else "green"
+        colour = "red" if body["score"] >= 0.5 else "green"
         return (f"{where} {body['event_id']:<18} score [{colour}]{body['score']:.4f}[/] label {body['label']}  "
                 f"{body['model_name']}@{body['model_version']}  {body['latency_ms']:.1f} ms")
     if "reason_code" in body:

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from models.demo import FEATURE_NAMES, sample_events
 from streams.broker import ensure_broker
-from streams.producer import bad_avro_payloads, bad_payloads, encode_events, produce
+from streams.producer import bad_avro_payloads, bad_payloads, encode_events, produce, stamped_now
 from streams.reader import wait_for
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -87,7 +87,7 @@ def run_demo(settings: Settings, n_events: int, console: Console) -> int:
         json_topic, avro_topic = topic_of(settings, "json"), topic_of(settings, "avro")
         bad = bad_payloads(FEATURE_NAMES, str(run_seed))
         bad_avro = bad_avro_payloads(FEATURE_NAMES, str(run_seed)) if avro_topic else []
-        produce(settings, json_topic, encode_events(events))
+        produce(settings, json_topic, encode_events(stamped_now(events)))
         produce(settings, json_topic, [payload for _, payload in bad])
         if avro_topic:
             produce(settings, avro_topic, [payload for _, payload in bad_avro])
@@ -136,7 +136,8 @@ def show_predictions(console: Console, preds: list[dict], messages, render, want
     e2e = np.array([p["scored_at"] - p["event_time"] for p in preds])
     table = Table(title="summary", show_header=False)
     table.add_row("model", f"{preds[0]['model_name']}@{preds[0]['model_version']} ({preds[0]['model_sha256'][:12]})")
-    table.add_row("flagged (label 1)", f"{np.mean([p['label'] == '1' for p in preds]):.1%}")
+    positive = list(preds[0]["probabilities"])[-1]  # the model's positive class comes last
+    table.add_row(f"labelled {positive!r}", f"{np.mean([p['label'] == positive for p in preds]):.1%}")
     table.add_row("score p50 / p90", f"{np.percentile(scores, 50):.3f} / {np.percentile(scores, 90):.3f}")
     table.add_row("event→prediction p50 / p99", f"{np.percentile(e2e, 50):.0f} ms / {np.percentile(e2e, 99):.0f} ms")
     table.add_row("duplicates (at-least-once)", str(len(preds) - len({p['event_id'] for p in preds})))

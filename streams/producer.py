@@ -28,6 +28,12 @@ def encode_events(events: Iterable[dict], fmt: str = "json") -> Iterator[KeyedPa
             yield key, encode_feature_event(FeatureEvent.model_validate(event), "avro")
 
 
+def stamped_now(events: Iterable[dict]) -> Iterator[dict]:
+    """Events with ``event_time`` set as each is produced, so latency starts at the producer."""
+    for event in events:
+        yield {**event, "event_time": time.time_ns() // 1_000_000}
+
+
 def read_jsonl(path: Path) -> Iterator[dict]:
     with path.open("rb") as fh:
         for line in fh:

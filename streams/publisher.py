@@ -84,7 +84,8 @@ class Publisher:
             **settings.kafka_client_config(),
             "linger.ms": 2,  # latency-bounded batching: a few ms buys big produce batches
             "acks": "all",
-            "enable.idempotence": True,  # retries inside librdkafka never duplicate or reorder
+            # retries inside librdkafka never duplicate or reorder (see Settings.idempotent_producer)
+            "enable.idempotence": settings.producer_idempotence,
             "queue.buffering.max.messages": 500_000,
             "compression.type": "lz4",
             **overrides,
