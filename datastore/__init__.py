@@ -1,0 +1,1 @@
+"""streamscore: datastore — sealed, content-addressed archives of the flow (data versioning)."""
