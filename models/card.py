@@ -1,7 +1,8 @@
 """Model card: what a model is, what it was trained on and how well it did, next to model.onnx.
 
 The worker trusts a model only through its card: ``onnx_sha256`` pins the exact artifact and
-``training_data_sha256`` pins the data, so a prediction can be traced back to both.
+``training_data_sha256`` pins the data, so a prediction can be traced back to both;
+``reference_profile_sha256`` pins the training-data profile that drift is measured against.
 
 >>> import tempfile
 >>> card = ModelCard(
@@ -66,6 +67,10 @@ class ModelCard(BaseModel):
     onnx_sha256: str = Field(pattern=_SHA256)
     training_data_sha256: str = Field(pattern=_SHA256, description="See dataset_sha256().")
     training_data_version: str | None = None
+    reference_profile_sha256: str | None = Field(
+        None, pattern=_SHA256, description="sha256 of reference_profile.json (see models.profile); drift "
+        "statistics are computed against that exact file. None for models exported without one."
+    )
     seed: int
     n_train: int = Field(ge=0)
     n_test: int = Field(ge=0)

@@ -1,15 +1,18 @@
-"""Train the demo transaction-risk classifier and export it as model.onnx + model_card.json.
+"""Train the demo transaction-risk classifier; export model.onnx, reference_profile.json and model_card.json.
 
     python -m models.train_demo --out artifacts/models/demo-risk/1
 
 Held-out metrics are computed by ``OnnxScorer`` on the exported bytes, i.e. by the same code
-path the worker uses, and the export is refused if ONNX and sklearn disagree.
+path the worker uses, and the export is refused if ONNX and sklearn disagree. The same held-out
+scores and the training features make the reference profile drift is measured against.
 
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as d:
 ...     card = train_demo_model(d, seed=1, n=2000)
 >>> card.name, card.n_train, card.n_test, card.metrics["roc_auc"] > 0.8
 ('demo-risk', 1500, 500, True)
+>>> len(card.reference_profile_sha256)
+64
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sklearn.model_selection import train_test_split
 from models.card import CARD_FILENAME, ModelCard, dataset_sha256, sha256_bytes
 from models.demo import CLASS_NAMES, FEATURE_NAMES, make_dataset
 from models.onnx_scorer import MODEL_FILENAME, OnnxScorer
+from models.profile import build_profile
 
 DEFAULT_OUT = Path("artifacts/models/demo-risk/1")
 TEST_SIZE = 0.25
@@ -95,7 +99,7 @@ def export_demo_model(
     name: str = "demo-risk",
     version: str = "1",
 ) -> ModelCard:
-    """Export ``clf`` to ONNX, evaluate it on ``split.X_test``, write model.onnx + model_card.json."""
+    """Export ``clf`` to ONNX, evaluate it on ``split.X_test``; write model.onnx, the profile, the card."""
     out_dir = Path(out_dir)
     model_bytes = _export(clf, name, version)
     draft = ModelCard(
@@ -134,8 +138,17 @@ def export_demo_model(
         }
     )
 
+    # Training features vs held-out scores: the scores of unseen, undrifted data are the reference
+    # for live scores (scores on the training rows would be overfit, hence sharper).
+    profile = build_profile(
+        split.X_train, FEATURE_NAMES, batch.scores, model_name=name, model_version=version, seed=split.seed,
+        source=f"training split (X_train, n={len(split.y_train)}) and held-out scores (X_test, "
+        f"n={len(y_test)}) of {card.training_data_version}",
+    )
+
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / MODEL_FILENAME, model_bytes)
+    card = card.model_copy(update={"reference_profile_sha256": profile.save(out_dir)})
     # The card goes last: a directory with a card always has the model it describes.
     _write_atomic(out_dir / CARD_FILENAME, (card.model_dump_json(indent=2) + "\n").encode())
     return card
@@ -144,7 +157,7 @@ def export_demo_model(
 def train_demo_model(
     out_dir: str | Path, seed: int = 7, n: int = 20000, name: str = "demo-risk", version: str = "1"
 ) -> ModelCard:
-    """Train on ``make_dataset(seed, n)``; write model.onnx and model_card.json to ``out_dir``.
+    """Train on ``make_dataset(seed, n)``; write model.onnx, reference_profile.json, model_card.json to ``out_dir``.
 
     Same arguments and library versions give byte-identical model.onnx (same ``onnx_sha256``).
     """
@@ -168,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"           training_data_sha256={card.training_data_sha256}")
     print(f"  held-out roc_auc={m['roc_auc']:.4f} accuracy={m['accuracy']:.4f} log_loss={m['log_loss']:.4f}")
     print(f"  onnx     sha256={card.onnx_sha256}")
+    print(f"  profile  sha256={card.reference_profile_sha256}  (reference_profile.json)")
     return 0
 
 

@@ -26,10 +26,16 @@ SCHEMA_IDS: dict[int, str] = {1: "feature_event", 2: "prediction", 3: "dead_lett
 _IDS_BY_NAME: dict[str, int] = {name: sid for sid, name in SCHEMA_IDS.items()}
 
 
+# Contracts that only travel as JSON (never Confluent-framed Avro) need no wire id, but their .avsc is
+# still the contract their pydantic twin is checked against.
+JSON_ONLY_SCHEMAS: frozenset[str] = frozenset({"drift_record", "drift_alert", "retrain_request",
+                                              "label", "learner_metrics"})
+
+
 @functools.cache
 def _load(name: str) -> str:
-    if name not in _IDS_BY_NAME:
-        raise KeyError(f"unknown schema {name!r}; known: {sorted(_IDS_BY_NAME)}")
+    if name not in _IDS_BY_NAME and name not in JSON_ONLY_SCHEMAS:
+        raise KeyError(f"unknown schema {name!r}; known: {sorted(_IDS_BY_NAME.keys() | JSON_ONLY_SCHEMAS)}")
     return (resources.files(__package__) / f"{name}.avsc").read_text(encoding="utf-8")
 
 

@@ -61,6 +61,10 @@ class Worker:
         else:
             self.lane = BatchLane(settings, self.pipeline, self.publisher)
         # --- capabilities beside scoring register here, one line each (each module owns its wiring) ---
+        from streams.lag import register_lag_monitor  # consumer lag gauge + broker reachability for /readyz
+        self.lag = register_lag_monitor(self)
+        from streams.learning import register_learning  # River learners fed by the labels topic (STREAMSCORE_LEARNER)
+        self.learning = register_learning(self)
         # (end of capability registrations)
         self.app.service(_Lifecycle(self))
         self._register_pages()
@@ -84,12 +88,16 @@ class Worker:
 
         @app.page("/readyz")
         async def readyz(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+            assigned, broker = worker.ready, worker.lag.broker_reachable  # both cached: no I/O per probe
             body = {
-                "ready": worker.ready,
+                "ready": assigned and broker,
+                "partitions_assigned": assigned,
+                "broker_reachable": broker,
+                "broker_answered_s_ago": worker.lag.last_answer_age_s,
                 "engine": worker.settings.engine,
                 "model": f"{worker.scorer.name}@{worker.scorer.version}",
             }
-            return web.json(body, status=200 if worker.ready else 503)
+            return web.json(body, status=200 if body["ready"] else 503)
 
 
 class _Lifecycle(Service):

@@ -212,6 +212,9 @@ def bench(
 
 
 # --- command groups of other capabilities, one `app.add_typer` line each ---------------------------
+from streams.learners_cli import learners_app  # noqa: E402 - online learning: list|show|rollback snapshots
+
+app.add_typer(learners_app, name="learners")
 # (end of command groups)
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 from mode import Service
+from prometheus_client import Gauge
 
 from streams import metrics
 from streams.settings import Settings
@@ -70,7 +71,7 @@ class LagMonitor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
-        self._gauges: dict[Key, object] = {}
+        self._gauges: dict[Key, Gauge] = {}
 
     # --- what /readyz and tests read ------------------------------------------------------------
     @property
@@ -98,8 +99,10 @@ class LagMonitor:
                 started = time.monotonic()
                 try:
                     self.measure()
-                except (KafkaException, TimeoutError, RuntimeError) as exc:
+                except (KafkaException, TimeoutError) as exc:  # broker down or slow: /readyz will say so
                     log.warning("consumer lag of group %s not measured: %s", self.group_id, exc)
+                except Exception:  # a monitor must not die of a bug and leave stale gauges behind silently
+                    log.exception("consumer lag of group %s not measured", self.group_id)
                 self._stopping.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
         finally:
             self.close()
@@ -150,7 +153,7 @@ class LagMonitor:
                 keys.extend((topic, p) for p in sorted(meta[topic].partitions))
         return keys
 
-    def _gauge(self, key: Key):
+    def _gauge(self, key: Key) -> Gauge:
         if key not in self._gauges:
             self._gauges[key] = metrics.CONSUMER_LAG.labels(key[0], str(key[1]))
         return self._gauges[key]

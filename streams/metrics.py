@@ -24,7 +24,7 @@ EVENT_LATENCY = Histogram(
 )
 MODEL_INFO = Gauge("streamscore_model_info", "Loaded model (value 1)", ["model", "version", "sha256"])
 # Set by streams/lag.py on its own timer; every worker reports every partition of its group.
-CONSUMER_LAG = Gauge("streamscore_consumer_lag", "Records the consumer group has yet to consume", ["topic", "partition"])
+CONSUMER_LAG = Gauge("streamscore_consumer_lag", "Records the group has yet to consume", ["topic", "partition"])
 BROKER_REACHABLE = Gauge("streamscore_broker_reachable", "1 if the broker answered the lag monitor recently")
 
 

@@ -54,15 +54,23 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(1.0, gt=0, description="How often acked offsets are committed.")
 
     # Security for a real cluster (passed straight to the Kafka clients; never logged).
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client connects (librdkafka and aiokafka alike)."
+    )
+    sasl_mechanism: str | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; PLAIN when unset under a SASL_* protocol."
+    )
+    sasl_username: str | None = Field(None, description="SASL user (SASL_* protocols only).")
     # Out of repr/str and of model_dump() (what ends up in logs); as_env() hands it on explicitly.
-    sasl_password: str | None = Field(None, repr=False, exclude=True)
+    sasl_password: str | None = Field(
+        None, repr=False, exclude=True, description="SASL password; never printed. Prefer sasl_password_file."
+    )
     sasl_password_file: Path | None = Field(
         None, description="File holding the SASL password (a mounted k8s/docker secret), instead of sasl_password."
     )
-    ssl_cafile: Path | None = None
+    ssl_cafile: Path | None = Field(
+        None, description="CA bundle to verify the brokers (SSL, SASL_SSL); the system CAs when unset."
+    )
 
     # --- topics ------------------------------------------------------------------------------
     input_topics: dict[str, InputFormat] = Field(
@@ -93,6 +101,37 @@ class Settings(BaseSettings):
         description="Directory with model.onnx and model_card.json.",
     )
 
+    # --- online learning (docs/online_learning.md) ------------------------------------------------
+    learner: str | None = Field(
+        None,
+        description="Learner spec name (online_learning.specs), e.g. 'logreg' or 'hoeffding'. Unset: no online "
+        "learning, and the ONNX scoring path runs exactly as without this capability.",
+    )
+    labels_topic: str = Field("labels", description="Label records (schemas/label.avsc), keyed by event id; "
+                              "created with ONE partition: one worker learns, all score.")
+    online_prediction_topic: str = "online-predictions"
+    learner_metrics_topic: str = "learner-metrics"
+    snapshot_dir: Path | None = Field(
+        None, description="Learner snapshots; default <state_dir>/snapshots. Must be shared by every worker of "
+        "the app (same host, or a shared volume), since the owner writes and all load.",
+    )
+    snapshot_every_n: int = Field(1000, ge=1, description="Snapshot after this many labels consumed...")
+    snapshot_every_s: float = Field(60.0, gt=0, description="...or this long after the last snapshot.")
+    snapshot_poll_s: float = Field(1.0, gt=0, description="How often workers look for a newer snapshot.")
+    snapshot_hmac_key: str | None = Field(
+        None, repr=False, description="When set, snapshots are HMAC-SHA256 signed and unsigned ones refused.",
+    )
+    learner_classes: tuple[str, str] = Field(
+        ("legit", "risky"), description="Binary learners: (negative, positive) class names, as in the model card.",
+    )
+    learner_features: list[str] | None = Field(
+        None, description="Features the learner reads, in order; default the ONNX model's signature.",
+    )
+    join_ttl_s: float = Field(3600.0, gt=0, description="How long features wait for their label.")
+    join_max_size: int = Field(100_000, ge=1, description="Most events held for the join (memory bound).")
+    join_catchup_s: float = Field(2.0, ge=0, description="Longest a label batch waits for features still "
+                                  "in flight before its missing events count as unknown.")
+
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
@@ -112,6 +151,10 @@ class Settings(BaseSettings):
     @property
     def is_embedded(self) -> bool:
         return self.broker == "embedded"
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.snapshot_dir if self.snapshot_dir is not None else self.state_dir / "snapshots"
 
     @property
     def fetch_wait_ms(self) -> int:

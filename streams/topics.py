@@ -39,3 +39,19 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None, timeou
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won the race
                 raise
     return created
+
+
+def main() -> None:
+    """Create the flow's topics from STREAMSCORE_* settings: the one-shot job of docker-compose and k8s.
+
+    ``python -m streams.topics`` exits non-zero when the broker refuses (e.g. no CreateTopics ACL), so
+    the job fails visibly instead of workers starting against missing topics.
+    """
+    settings = Settings()
+    created = ensure_topics(settings, timeout=60.0)
+    print(f"topics at {settings.bootstrap_servers}: created {created or 'none'}; "
+          f"all present: {', '.join(flow_topics(settings))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -184,6 +184,6 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
 def test_cli_writes_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     assert main(["--out", str(out), "--seed", "2", "--n", "1500"]) == 0
-    assert {p.name for p in out.iterdir()} == {"model.onnx", "model_card.json"}
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "model_card.json", "reference_profile.json"}
     text = capsys.readouterr().out
     assert "roc_auc=" in text and ModelCard.load(out).onnx_sha256 in text

@@ -10,7 +10,7 @@ import pickle
 import random
 import struct
 import types
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import fastavro
 import numpy as np
@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from schemas import codecs, records, registry, validation
+from schemas import codecs, drift, labels, records, registry, validation
 from schemas.codecs import (
     REASON_CODES,
     InvalidEvent,
@@ -31,6 +31,8 @@ from schemas.codecs import (
     encode_prediction_json,
     prediction_to_json_bytes,
 )
+from schemas.drift import DriftAlert, DriftRecord, RetrainRequest
+from schemas.labels import Label, LearnerMetrics
 from schemas.records import SUPPORTED_SCHEMA_VERSIONS, DeadLetter, FeatureEvent, Prediction
 from schemas.registry import SCHEMA_IDS, parsed_schema, parsed_schema_by_id, raw_schema, schema_id
 from schemas.validation import FeatureValidator, input_hash
@@ -39,6 +41,11 @@ TWINS: list[tuple[str, type[BaseModel]]] = [
     ("feature_event", FeatureEvent),
     ("prediction", Prediction),
     ("dead_letter", DeadLetter),
+    ("drift_record", DriftRecord),
+    ("drift_alert", DriftAlert),
+    ("retrain_request", RetrainRequest),
+    ("label", Label),
+    ("learner_metrics", LearnerMetrics),
 ]
 
 
@@ -97,10 +104,123 @@ def dead_letter_dict(**overrides: Any) -> dict[str, Any]:
     return d
 
 
+OFFSETS = [{"topic": "features", "partition": 1, "first_offset": 2**33, "last_offset": 2**33 + 499}]
+
+
+def drift_record_dict(**overrides: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "model_name": "fraud",
+        "model_version": "3",
+        "model_sha256": "ab" * 32,
+        "profile_sha256": "ef" * 32,
+        "worker": "w-1",
+        "computed_at": 1_700_000_000_500,
+        "window_start_ms": 1_700_000_000_000,
+        "window_end_ms": 1_700_000_000_400,
+        "window_events": 500,
+        "window_invalid": 2,
+        "window_scored": 497,
+        "offsets": OFFSETS,
+        "statistics": [
+            {"kind": "feature", "feature": "amount", "statistic": "psi", "value": 0.31, "p_value": None,
+             "effect": None, "warn_threshold": 0.1, "alert_threshold": 0.25, "p_threshold": None, "status": "alert",
+             "histogram": {"edges": [10.0, 20.0], "categories": [], "reference": [0.3, 0.4, 0.3],
+                           "current": [0.1, 0.4, 0.5]}},
+            {"kind": "prediction", "feature": "score", "statistic": "ks", "value": 0.02, "p_value": 0.7,
+             "effect": None, "warn_threshold": 0.05, "alert_threshold": 0.1, "p_threshold": 0.01, "status": "ok",
+             "histogram": None},
+        ],
+        "status": "alert",
+    }
+    d.update(overrides)
+    return d
+
+
+def drift_alert_dict(**overrides: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "alert_id": "fraud-3-w-1-1700000000500",
+        "model_name": "fraud",
+        "model_version": "3",
+        "state": "firing",
+        "status": "alert",
+        "notice": 1,
+        "started_at": 1_700_000_000_500,
+        "emitted_at": 1_700_000_000_500,
+        "reasons": ["amount psi 0.31 >= 0.25"],
+        "window_start_ms": 1_700_000_000_000,
+        "window_end_ms": 1_700_000_000_400,
+        "offsets": OFFSETS,
+        "worker": "w-1",
+        "retrain_request_id": "rr-1",
+    }
+    d.update(overrides)
+    return d
+
+
+def retrain_request_dict(**overrides: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "request_id": "rr-1",
+        "model_name": "fraud",
+        "model_version": "3",
+        "model_sha256": "ab" * 32,
+        "requested_at": 1_700_000_000_500,
+        "alert_id": "fraud-3-w-1-1700000000500",
+        "reason": "amount psi 0.31 >= 0.25",
+        "data_version": "kafka:features[1]@8589934592-8589935091",
+        "offsets": OFFSETS,
+        "window_start_ms": 1_700_000_000_000,
+        "window_end_ms": 1_700_000_000_400,
+        "worker": "w-1",
+    }
+    d.update(overrides)
+    return d
+
+
+def label_dict(**overrides: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "event_id": "e1",
+        "label": "risky",
+        "reward": -12.5,
+        "label_time": 1_700_000_009_000,
+        "metadata": {"source": "chargeback"},
+    }
+    d.update(overrides)
+    return d
+
+
+def learner_metrics_dict(**overrides: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "learner": "logreg",
+        "model_version": "7",
+        "parent_version": "6",
+        "kind": "learned",
+        "worker": "w-1",
+        "emitted_at": 1_700_000_010_000,
+        "learned": 497,
+        "learned_total": 3497,
+        "consumed": 500,
+        "unknown": 1,
+        "late": 1,
+        "duplicate": 0,
+        "invalid": 1,
+        "predicted_at_learn": 3,
+        "offsets": [{"topic": "labels", "partition": 0, "first_offset": 2**33, "last_offset": 2**33 + 499}],
+        "next_offsets": [{"topic": "labels", "partition": 0, "offset": 2**33 + 500}],
+        "metrics": {"all": {"accuracy": 0.88, "n": 3497.0}, "6": {"log_loss": 0.31, "n": 500.0}},
+    }
+    d.update(overrides)
+    return d
+
+
 SAMPLES: dict[str, dict[str, Any]] = {
     "feature_event": event_dict(),
     "prediction": prediction_dict(),
     "dead_letter": dead_letter_dict(),
+    "drift_record": drift_record_dict(),
+    "drift_alert": drift_alert_dict(),
+    "retrain_request": retrain_request_dict(),
+    "label": label_dict(),
+    "learner_metrics": learner_metrics_dict(),
 }
 
 
@@ -115,15 +235,42 @@ def avro_frame(record: dict[str, Any], sid: int = 1, schema: str = "feature_even
 # --- twins agree with their .avsc -----------------------------------------------------------------------
 
 
-def _avro_type(t: Any) -> Any:
+def _named_types(node: Any, found: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every record and enum defined anywhere in a schema, by name (later uses refer to them by name)."""
+    found = {} if found is None else found
+    if isinstance(node, dict):
+        if node.get("type") in ("record", "enum"):
+            found[node["name"]] = node
+        for value in node.values():
+            _named_types(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _named_types(value, found)
+    return found
+
+
+def _avro_type(t: Any, named: dict[str, Any] | None = None) -> Any:
+    named = named or {}
     if isinstance(t, list):
-        # Our contracts only use ["null", X]; null first is what lets the default be null.
+        if "null" not in t:  # a value of one of several types, e.g. a label: ["string", "double"]
+            return ("union", tuple(_avro_type(x, named) for x in t))
+        # Nullable unions are ["null", X]; null first is what lets the default be null.
         assert len(t) == 2 and t[0] == "null", f"unexpected union {t}"
-        return ("nullable", _avro_type(t[1]))
+        return ("nullable", _avro_type(t[1], named))
+    if isinstance(t, str) and t in named:
+        return _avro_type(named[t], named)
     if isinstance(t, dict):
         if t["type"] == "map":
-            return ("map", _avro_type(t["values"]))
-        return _avro_type(t["type"])  # a logical type is encoded as its base type
+            return ("map", _avro_type(t["values"], named))
+        if t["type"] == "array":
+            return ("array", _avro_type(t["items"], named))
+        if t["type"] == "enum":
+            return ("enum", tuple(t["symbols"]))
+        if t["type"] == "record":  # nested: field names, types and defaults, in order
+            fields = tuple((f["name"], _avro_type(f["type"], named), "default" in f, f.get("default"))
+                           for f in t["fields"])
+            return ("record", t["name"], fields)
+        return _avro_type(t["type"], named)  # a logical type is encoded as its base type
     return t
 
 
@@ -136,12 +283,25 @@ def _py_type(tp: Any, meta: tuple[Any, ...] = ()) -> Any:
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         rest = [a for a in args if a is not type(None)]
+        if len(rest) == len(args):  # no None: one of several types, in the .avsc's order
+            return ("union", tuple(_py_type(a) for a in args))
         assert len(args) == 2 and len(rest) == 1, f"unexpected union {tp}"
         return ("nullable", _py_type(rest[0]))
     if origin is dict:
         key, value = get_args(tp)
         assert key is str, "Avro map keys are always strings"
         return ("map", _py_type(value))
+    if origin is list:
+        return ("array", _py_type(get_args(tp)[0]))
+    if origin is Literal:
+        return ("enum", get_args(tp))
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        fields = tuple(
+            (name, _py_type(info.annotation, tuple(info.metadata)), not info.is_required(),
+             None if info.is_required() else info.default)
+            for name, info in tp.model_fields.items()
+        )
+        return ("record", tp.__name__, fields)
     if tp is int:
         lo = next((m.ge for m in meta if hasattr(m, "ge")), None)
         hi = next((m.le for m in meta if hasattr(m, "le")), None)
@@ -155,11 +315,12 @@ def test_twin_matches_avsc(name: str, model: type[BaseModel]) -> None:
     assert avsc["namespace"] == "streamscore"
     assert avsc["name"] == model.__name__
     avro_fields = avsc["fields"]
+    named = _named_types(avsc)
     assert [f["name"] for f in avro_fields] == list(model.model_fields), "same field names in the same order"
     for f in avro_fields:
         info = model.model_fields[f["name"]]
         py = _py_type(info.annotation, tuple(info.metadata))
-        assert py == _avro_type(f["type"]), f"{name}.{f['name']}: pydantic {py} vs avro {f['type']}"
+        assert py == _avro_type(f["type"], named), f"{name}.{f['name']}: pydantic {py} vs avro {f['type']}"
         assert info.is_required() == ("default" not in f), f"{name}.{f['name']}: default presence differs"
         if "default" in f:
             assert info.default == f["default"], f"{name}.{f['name']}: default differs"
@@ -181,6 +342,11 @@ def test_timestamp_fields_are_timestamp_millis_in_avsc() -> None:
         "feature_event": {"event_time"},
         "prediction": {"event_time", "scored_at"},
         "dead_letter": {"failed_at"},
+        "drift_record": {"computed_at", "window_start_ms", "window_end_ms"},
+        "drift_alert": {"started_at", "emitted_at", "window_start_ms", "window_end_ms"},
+        "retrain_request": {"requested_at", "window_start_ms", "window_end_ms"},
+        "label": {"label_time"},
+        "learner_metrics": {"emitted_at"},
     }
     for name, fields in expected.items():
         got = {
@@ -580,7 +746,8 @@ def test_input_hash_is_sha256_of_float32_le_row() -> None:
 # --- docstring examples stay runnable -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", [records, registry, codecs, validation], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [records, registry, codecs, validation, drift, labels],
+                         ids=lambda m: m.__name__)
 def test_docstring_examples(module: types.ModuleType) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -1,0 +1,122 @@
+"""`streamscore learners list|show VERSION|rollback VERSION`: the snapshot history of an online learner.
+
+Reads and writes the snapshot directory directly (``STREAMSCORE_SNAPSHOT_DIR``, default
+``<state_dir>/snapshots``), the one the workers share; no broker is needed. A rollback is a new
+snapshot, so workers pick it up like any other (within ``snapshot_poll_s``), without a restart.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import datetime, timezone
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from online_learning.snapshots import SnapshotError, SnapshotMeta, SnapshotStore
+from streams.settings import Settings
+
+learners_app = typer.Typer(help="Online learners: list snapshots, show one (verified), roll back to one.",
+                           no_args_is_help=True)
+console = Console()
+
+LearnerOption = Annotated[
+    str | None,
+    # (names not listed from online_learning.specs here: importing River would slow every command by ~0.9 s)
+    typer.Option("--learner", "-l", help="Learner spec name, e.g. logreg or hoeffding; default STREAMSCORE_LEARNER, "
+                 "or the only one with snapshots."),
+]
+
+
+def _store(learner: str | None) -> SnapshotStore:
+    s = Settings()
+    name = learner or s.learner
+    if name is None:
+        root = s.snapshot_path
+        found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if len(found) != 1:
+            console.print(f"[red]name the learner with --learner; snapshots under {root} exist for: "
+                          f"{', '.join(found) or 'none'}[/]")
+            raise typer.Exit(2)
+        name = found[0]
+    return SnapshotStore(s.snapshot_path, name, s.snapshot_hmac_key)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _labels(meta: SnapshotMeta) -> str:
+    spans = [f"{r.topic}[{r.partition}] {r.first_offset}-{r.last_offset}" for r in meta.offsets]
+    return ", ".join(spans) or "-"
+
+
+def _headline(meta: SnapshotMeta) -> str:
+    overall = meta.metrics.get("all", {})
+    names = ("accuracy", "log_loss", "roc_auc") if "accuracy" in overall else ("mae", "rmse")
+    return "  ".join(f"{n} {overall[n]:.3f}" for n in names if n in overall) or "-"
+
+
+@learners_app.command("list")
+def list_snapshots(learner: LearnerOption = None) -> None:
+    """Every snapshot, oldest first; the newest is the one workers serve."""
+    store = _store(learner)
+    versions = store.versions()
+    if not versions:
+        console.print(f"no snapshots of {store.learner} under {store.dir}")
+        return
+    table = Table(title=f"{store.learner} snapshots ({store.dir})")
+    for column in ("version", "parent", "kind", "created (UTC)", "labels learned since parent", "learned",
+                   "lineage", "prequential (all)", "sha256"):
+        table.add_column(column)
+    for version in versions:
+        meta = store.meta(version)
+        kind = meta.kind if meta.kind != "rollback" else f"rollback (from v{meta.rolled_back_from})"
+        table.add_row(f"{version}{' ← serving' if version == versions[-1] else ''}",
+                      "-" if meta.parent is None else str(meta.parent), kind, _when(meta.created_at), _labels(meta),
+                      str(meta.learned), str(meta.learned_total), _headline(meta), meta.sha256[:12])
+    console.print(table)
+
+
+@learners_app.command("show")
+def show(
+    version: Annotated[int, typer.Argument(help="Snapshot version.")],
+    learner: LearnerOption = None,
+) -> None:
+    """One snapshot's metadata, after verifying its artifact against the recorded sha256 (and HMAC)."""
+    store = _store(learner)
+    try:
+        meta, _ = store.verified_bytes(version)
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(1) from exc
+    except SnapshotError as exc:
+        console.print(store.meta(version).model_dump_json(indent=2))
+        console.print(f"[red]✗ integrity: {exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(meta.model_dump_json(indent=2))
+    console.print(f"[green]✓[/] {store.learner} v{version}: artifact sha256 {meta.sha256[:12]}… verified"
+                  f"{' (HMAC too)' if meta.hmac_sha256 else ''}")
+
+
+@learners_app.command("rollback")
+def rollback(
+    version: Annotated[int, typer.Argument(help="Version whose model to serve and learn on again.")],
+    learner: LearnerOption = None,
+) -> None:
+    """Serve VERSION's model again, as a NEW snapshot whose parent is VERSION (history is kept).
+
+    Labels learned after VERSION are dropped from the model, not replayed; the labels that arrive from now
+    on are learned on top of it. Workers switch within STREAMSCORE_SNAPSHOT_POLL_S, without a restart.
+    """
+    store = _store(learner)
+    try:
+        meta = store.rollback(version, worker=f"cli@{socket.gethostname()}")
+    except (KeyError, SnapshotError) as exc:
+        console.print(f"[red]{exc.args[0] if isinstance(exc, KeyError) else exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"[green]✓[/] {store.learner} v{meta.version} = the model of v{version} (rolled back from "
+                  f"v{meta.rolled_back_from}); labels resume at "
+                  f"{', '.join(f'{o.topic}[{o.partition}]@{o.offset}' for o in meta.next_offsets) or 'the start'}")
