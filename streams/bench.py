@@ -162,7 +162,15 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 20
         table.add_row(
             f"streamscore worker, engine={engine}", f"{r['throughput']:,.0f}", f"{r['throughput'] / raw_kafka:.2f}",
             f"{r['p50']:.1f}", f"{r['p99']:.1f}")
+    from online_learning.bench import bench_learners
+
+    with console.status("River learners, in process (prequential predict-then-learn)"):
+        learner_rows = bench_learners(min(n, 50_000))
+    for row in learner_rows:
+        table.add_row(f"River {row['learner']} ({row['mode']}, batch {row['batch']}, no Kafka)",
+                      f"{row['events_per_s']:,.0f}", f"{row['events_per_s'] / onnx_rate:.2f}*", "", "")
     console.print(table)
+    console.print("* River rows: ratio to raw onnxruntime rows/s.")
     console.print(f"ratio = events/s ÷ raw Kafka loop; scoring cost share of the batch lane: "
                   f"{results['batch']['throughput'] / onnx_rate:.2f} of raw ONNX rows/s; "
                   f"latency at {paced_rate} events/s paced load, event time → prediction on the broker.")

@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     app_id: str = Field("streamscore", description="Faust app id = consumer group id.")
     engine: Literal["faust", "batch"] = Field(
         "faust",
-        description="'faust': Faust agents with stream.take(); 'batch': a confluent-kafka batch lane "
+        description="'faust': a Faust agent reading micro-batches with stream.noack_take(); "
+        "'batch': a confluent-kafka batch lane "
         "hosted by the same worker, for throughput beyond Faust's per-event overhead.",
     )
     batch_size: int = Field(256, ge=1, description="Max events per scoring micro-batch.")
