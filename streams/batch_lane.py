@@ -55,15 +55,7 @@ class BatchLane:
 
     def run(self) -> None:
         s = self.settings
-        consumer = Consumer({
-            **s.kafka_client_config(),
-            "group.id": self.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": s.session_timeout_ms,
-            "heartbeat.interval.ms": s.heartbeat_interval_ms,
-            "fetch.wait.max.ms": s.fetch_wait_ms,
-        })
+        consumer = Consumer(s.group_consumer_config(self.group_id))
         consumer.subscribe(list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         within = s.batch_within_ms / 1000
         try:

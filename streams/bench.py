@@ -48,10 +48,7 @@ def raw_kafka_loop(settings: Settings, topic: str, n: int) -> float:
     out = f"{topic}-raw-out"
     ensure_topics(settings, [out])
     conf = settings.kafka_client_config()
-    consumer = Consumer({**conf, "group.id": f"raw-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "session.timeout.ms": settings.session_timeout_ms,
-                         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
-                         "fetch.wait.max.ms": settings.fetch_wait_ms})
+    consumer = Consumer(settings.group_consumer_config(f"raw-{uuid.uuid4().hex[:8]}"))
     producer = Producer({**conf, "linger.ms": 2, "acks": "all", "enable.idempotence": settings.producer_idempotence,
                          "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
     consumer.subscribe([topic])

@@ -104,15 +104,7 @@ class Trainer:
 
     def run(self) -> None:
         s = self.settings
-        self._consumer = consumer = Consumer({
-            **s.kafka_client_config(),
-            "group.id": self.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": s.session_timeout_ms,
-            "heartbeat.interval.ms": s.heartbeat_interval_ms,
-            "fetch.wait.max.ms": s.fetch_wait_ms,
-        })
+        self._consumer = consumer = Consumer(s.group_consumer_config(self.group_id))
         consumer.subscribe([s.labels_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         try:

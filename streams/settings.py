@@ -195,6 +195,18 @@ class Settings(BaseSettings):
             env["STREAMSCORE_SASL_PASSWORD"] = self.sasl_password
         return env
 
+    def group_consumer_config(self, group_id: str) -> dict[str, str | int | bool]:
+        """A confluent-kafka consumer in ``group_id`` that commits by hand (only what it has finished)."""
+        return {
+            **self.kafka_client_config(),
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": self.heartbeat_interval_ms,
+            "fetch.wait.max.ms": self.fetch_wait_ms,
+        }
+
     def kafka_client_config(self) -> dict[str, str | int]:
         """librdkafka settings shared by every confluent-kafka client we create."""
         conf: dict[str, str | int] = {
