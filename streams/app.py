@@ -108,6 +108,9 @@ class _Lifecycle(Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
+        scorer = self.worker.scorer  # logged here: Faust configures logging only once the worker starts
+        log.info("scoring with %s@%s sha256=%s (engine %s)", scorer.name, scorer.version, scorer.sha256[:12],
+                 self.worker.settings.engine)
         if self.worker.lane is not None:
             self.worker.lane.start()
 
@@ -143,5 +146,4 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     ensure_broker(settings)
     ensure_topics(settings)
     worker = Worker(settings)
-    log.info("model %s@%s sha256=%s", worker.scorer.name, worker.scorer.version, worker.scorer.sha256[:12])
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
