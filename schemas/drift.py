@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 DriftStatus = Literal["ok", "warn", "alert"]
-DriftSubject = Literal["feature", "prediction"]
+DriftSubject = Literal["feature", "prediction", "concept"]
 AlertState = Literal["firing", "resolved"]
 # Numeric level of a status: the Prometheus gauge value and the order used to take the worst one.
 STATUS_LEVEL: dict[str, int] = {"ok": 0, "warn": 1, "alert": 2}

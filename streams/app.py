@@ -65,6 +65,8 @@ class Worker:
         self.lag = register_lag_monitor(self)
         from streams.learning import register_learning  # River learners fed by the labels topic (STREAMSCORE_LEARNER)
         self.learning = register_learning(self)
+        from streams.drift import register_drift_monitor  # input/prediction drift vs the model's reference profile
+        self.drift = register_drift_monitor(self)
         # (end of capability registrations)
         self.app.service(_Lifecycle(self))
         self._register_pages()

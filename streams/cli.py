@@ -149,6 +149,9 @@ def render(topic: str, msg) -> str:
     except (orjson.JSONDecodeError, TypeError):
         return f"[dim]{msg.partition()}:{msg.offset()}[/] {msg.value()!r:.120}"
     where = f"[dim]{msg.partition()}:{msg.offset():>6}[/]"
+    if "statistics" in body or "alert_id" in body:  # drift records, alerts, retrain requests
+        from streams.drift_view import render_drift
+        return render_drift(body, where)
     if "model_version" in body and "score" in body:
         colour = "red" if body["score"] >= 0.5 else "green"
         return (f"{where} {body['event_id']:<18} score [{colour}]{body['score']:.4f}[/] label {body['label']}  "
@@ -193,11 +196,13 @@ def tail(
 def demo(
     events: Annotated[int, typer.Option(help="Sample events to score.")] = 2000,
     engine: Annotated[str, typer.Option(help="faust or batch.")] = "faust",
+    drift_events: Annotated[int, typer.Option(help="Shifted events sent after scoring, until the drift monitor "
+                                              "alerts (0: skip the drift part).")] = 1000,
 ) -> None:
-    """Broker + model + worker + producer: score sample events and show predictions and dead letters."""
+    """Broker + model + worker + producer: score sample events, show predictions, dead letters and drift."""
     from streams.demo import run_demo
 
-    sys.exit(run_demo(settings(engine=engine), events, console))
+    sys.exit(run_demo(settings(engine=engine), events, console, drift_events))
 
 
 @app.command()
@@ -215,6 +220,9 @@ def bench(
 from streams.learners_cli import learners_app  # noqa: E402 - online learning: list|show|rollback snapshots
 
 app.add_typer(learners_app, name="learners")
+from streams.drift_cli import drift_app  # noqa: E402 - drift monitoring: report (HTML), status
+
+app.add_typer(drift_app, name="drift")
 # (end of command groups)
 
 

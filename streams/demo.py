@@ -63,10 +63,19 @@ def topic_of(settings: Settings, fmt: str) -> str | None:
     return next((t for t, f in settings.input_topics.items() if f == fmt), None)
 
 
-def run_demo(settings: Settings, n_events: int, console: Console) -> int:
-    from streams.cli import ensure_demo_model, progress_bar, render
+DRIFT_SHIFT = 1.0  # the demo's changed population (models.demo ``shift``): alerted within ~600 events
 
+
+def run_demo(settings: Settings, n_events: int, console: Console, drift_events: int = 1000) -> int:
+    """Score ``n_events`` sample events and the bad inputs, then (``drift_events`` > 0) a shifted stream
+    until the drift monitor alerts; print predictions, dead letters and drift."""
+    from streams.cli import ensure_demo_model, progress_bar, render
+    from streams.drift_view import summarize_drift
+
+    if "STREAMSCORE_DRIFT_INTERVAL_S" not in os.environ:  # judge the window every second, not every 5 s
+        settings = settings.model_copy(update={"drift_interval_s": 1.0})
     t0 = time.monotonic()
+    started_ms = int(time.time() * 1000)
     with console.status("starting broker"):
         servers = ensure_broker(settings)
     kind = "embedded Tansu, memory-only" if settings.is_embedded else "Kafka"
@@ -113,17 +122,48 @@ def run_demo(settings: Settings, n_events: int, console: Console) -> int:
         bad_keys = {key for _, (key, _) in bad}
         dlq_msgs = wait_for(settings, settings.dead_letter_topic,
                             lambda ms: bad_keys <= {m.key() for m in ms}, timeout=30)
+        alerted = drift_phase(settings, console, run_seed, drift_events, started_ms) if drift_events else None
     finally:
         stop_worker(worker)
 
     show_predictions(console, preds, preds_msgs, render, wanted)
     show_dead_letters(console, [m for m in dlq_msgs if m.key() in bad_keys], render)
+    if drift_events:
+        summarize_drift(settings, console, since_ms=started_ms)
+        console.print("drift alert raised after the shift" if alerted else
+                      "[yellow]no drift alert within the demo's wait (see `streamscore tail drift`)[/]")
     scored = len({p["event_id"] for p in preds})
     console.print(f"\n[bold]{scored}/{n_events}[/] events scored, "
                   f"{len([m for m in dlq_msgs if m.key() in bad_keys])}/{len(bad)} bad inputs dead-lettered, "
                   f"in {time.monotonic() - t0:.1f} s. The broker keeps running: "
                   "`streamscore tail predictions`, `streamscore broker down`.")
     return 0 if scored == n_events else 1
+
+
+def drift_phase(settings: Settings, console: Console, seed: int, n_events: int, since_ms: int) -> bool:
+    """Produce a shifted population in steps of 100 events until the drift monitor raises an alert."""
+    from streams.cli import progress_bar
+
+    if settings.drift_window == 0:
+        return False
+    from streams.drift import drift_topics
+
+    ensure_topics(settings, drift_topics(settings))
+    json_topic = topic_of(settings, "json")
+    shifted = list(stamped_now(sample_events(seed + 1, n_events, shift=DRIFT_SHIFT)))
+
+    def alert_raised(messages) -> bool:
+        return any(orjson.loads(m.value()).get("emitted_at", 0) >= since_ms for m in messages)
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"drifted events (shift {DRIFT_SHIFT})", total=n_events)
+        for start in range(0, n_events, 100):
+            produce(settings, json_topic, encode_events(shifted[start:start + 100]))
+            bar.update(task, completed=min(start + 100, n_events))
+            # a drift evaluation per step: wait one interval (plus a margin) before judging whether it alerted
+            if alert_raised(wait_for(settings, settings.alerts_topic, alert_raised, settings.drift_interval_s + 1.0)):
+                return True
+    return alert_raised(wait_for(settings, settings.alerts_topic, alert_raised, timeout=settings.drift_interval_s * 3))
 
 
 def show_predictions(console: Console, preds: list[dict], messages, render, wanted: set[str]) -> None:

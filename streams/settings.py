@@ -20,6 +20,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.drift_thresholds import DriftThresholds
+
 InputFormat = Literal["json", "avro", "auto"]
 
 
@@ -132,6 +134,30 @@ class Settings(BaseSettings):
     join_max_size: int = Field(100_000, ge=1, description="Most events held for the join (memory bound).")
     join_catchup_s: float = Field(2.0, ge=0, description="Longest a label batch waits for features still "
                                   "in flight before its missing events count as unknown.")
+
+    # --- drift monitoring (docs/drift.md) --------------------------------------------------------
+    drift_topic: str = Field("drift", description="Drift records (schemas/drift_record.avsc), keyed by model name.")
+    alerts_topic: str = Field("alerts", description="Debounced drift alerts (schemas/drift_alert.avsc).")
+    retrain_topic: str = Field("retrain-requests", description="Retrain requests (schemas/retrain_request.avsc).")
+    drift_window: int = Field(
+        2000, ge=0, description="Input events in the sliding drift window (group <app_id>-drift); 0 turns drift "
+        "monitoring off.",
+    )
+    drift_interval_s: float = Field(5.0, gt=0, description="How often the window is compared with the reference.")
+    drift_thresholds: DriftThresholds = Field(
+        default_factory=DriftThresholds,
+        description="PSI/KS/chi-square/Wasserstein/missing-rate thresholds, JSON or "
+        "STREAMSCORE_DRIFT_THRESHOLDS__<NAME>.",
+    )
+    drift_alert_cooldown_s: float = Field(
+        300.0, ge=0, description="A firing alert is repeated at most this often while drift persists."
+    )
+    drift_resolve_after: int = Field(3, ge=1, description="Evaluations without alert-level drift that resolve it.")
+    drift_retrain_on_alert: bool = Field(True, description="A new alert also publishes a retrain request.")
+    drift_concept: bool = Field(True, description="Also read the labels topic and run ADWIN / Page-Hinkley on the "
+                                "model's error stream (concept drift).")
+    drift_label_join_size: int = Field(100_000, ge=1, description="Input rows the drift lane keeps by event id "
+                                       "for their labels (oldest dropped first; join_ttl_s also applies).")
 
     @field_validator("broker")
     @classmethod
