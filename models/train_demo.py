@@ -98,10 +98,22 @@ def export_demo_model(
     out_dir: str | Path,
     name: str = "demo-risk",
     version: str = "1",
+    data_dir: str | Path | None = None,
 ) -> ModelCard:
-    """Export ``clf`` to ONNX, evaluate it on ``split.X_test``; write model.onnx, the profile, the card."""
+    """Export ``clf`` to ONNX, evaluate it on ``split.X_test``; write model.onnx, the profile, the card.
+
+    With ``data_dir`` the training split is archived there as a dataset version (docs/data_versioning.md)
+    and the card's ``training_data_version`` is its content id; otherwise it names the generator call.
+    """
     out_dir = Path(out_dir)
     model_bytes = _export(clf, name, version)
+    data_version = f"models.demo.make_dataset(seed={split.seed}, n={split.n})"
+    if data_dir is not None:
+        from datastore.storage import LocalStorage
+        from datastore.training import archive_training_data
+
+        data_version = archive_training_data(LocalStorage(data_dir), name, version, split.X_train, split.y_train,
+                                             FEATURE_NAMES, CLASS_NAMES).id
     draft = ModelCard(
         name=name,
         version=version,
@@ -109,7 +121,7 @@ def export_demo_model(
         classes=list(CLASS_NAMES),
         onnx_sha256=sha256_bytes(model_bytes),
         training_data_sha256=dataset_sha256(split.X_train, split.y_train),
-        training_data_version=f"models.demo.make_dataset(seed={split.seed}, n={split.n})",
+        training_data_version=data_version,
         seed=split.seed,
         n_train=len(split.y_train),
         n_test=len(split.y_test),
@@ -155,14 +167,15 @@ def export_demo_model(
 
 
 def train_demo_model(
-    out_dir: str | Path, seed: int = 7, n: int = 20000, name: str = "demo-risk", version: str = "1"
+    out_dir: str | Path, seed: int = 7, n: int = 20000, name: str = "demo-risk", version: str = "1",
+    data_dir: str | Path | None = None,
 ) -> ModelCard:
     """Train on ``make_dataset(seed, n)``; write model.onnx, reference_profile.json, model_card.json to ``out_dir``.
 
     Same arguments and library versions give byte-identical model.onnx (same ``onnx_sha256``).
     """
     clf, split = fit_demo_classifier(seed, n)
-    return export_demo_model(clf, split, out_dir, name=name, version=version)
+    return export_demo_model(clf, split, out_dir, name=name, version=version, data_dir=data_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,13 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=20000, help="rows generated (train + test)")
     parser.add_argument("--name", default="demo-risk")
     parser.add_argument("--version", default="1")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="archive the training split there as a dataset version (e.g. .streamscore/data)")
     args = parser.parse_args(argv)
 
-    card = train_demo_model(args.out, seed=args.seed, n=args.n, name=args.name, version=args.version)
+    card = train_demo_model(args.out, seed=args.seed, n=args.n, name=args.name, version=args.version,
+                            data_dir=args.data_dir)
     m = card.metrics
     print(f"trained {card.name} v{card.version} -> {args.out}")
     print(f"  data     seed={card.seed} train={card.n_train} test={card.n_test}")
     print(f"           training_data_sha256={card.training_data_sha256}")
+    print(f"           training_data_version={card.training_data_version}")
     print(f"  held-out roc_auc={m['roc_auc']:.4f} accuracy={m['accuracy']:.4f} log_loss={m['log_loss']:.4f}")
     print(f"  onnx     sha256={card.onnx_sha256}")
     print(f"  profile  sha256={card.reference_profile_sha256}  (reference_profile.json)")

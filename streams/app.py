@@ -67,6 +67,8 @@ class Worker:
         self.learning = register_learning(self)
         from streams.drift import register_drift_monitor  # input/prediction drift vs the model's reference profile
         self.drift = register_drift_monitor(self)
+        from streams.archive_lane import register_archiver  # inputs + predictions into sealed, versioned segments
+        self.archiver = register_archiver(self)
         # (end of capability registrations)
         self.app.service(_Lifecycle(self))
         self._register_pages()

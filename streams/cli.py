@@ -223,6 +223,11 @@ app.add_typer(learners_app, name="learners")
 from streams.drift_cli import drift_app  # noqa: E402 - drift monitoring: report (HTML), status
 
 app.add_typer(drift_app, name="drift")
+from streams.data_cli import data_app, lineage, replay  # noqa: E402 - data versioning, lineage and replay
+
+app.add_typer(data_app, name="data")
+app.command("lineage")(lineage)
+app.command("replay")(replay)
 # (end of command groups)
 
 

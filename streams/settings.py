@@ -135,6 +135,31 @@ class Settings(BaseSettings):
     join_catchup_s: float = Field(2.0, ge=0, description="Longest a label batch waits for features still "
                                   "in flight before its missing events count as unknown.")
 
+    # --- data versioning (docs/data_versioning.md) ---------------------------------------------------
+    archive: bool = Field(True, description="Run the archiver in every worker: inputs and predictions into sealed "
+                          "Avro segments (consumer group <app_id>-archive). false: nothing is archived.")
+    archive_mode: Literal["process", "thread"] = Field(
+        "process", description="process: the worker runs the archive lane as a child process (its own GIL: the "
+        "fastavro encoding does not slow scoring); thread: inside the worker process.")
+    data_dir: Path | None = Field(None, description="Archive segments, manifests and dataset versions; default "
+                                  "<state_dir>/data. Shared by every worker of the app (same host or shared volume).")
+    data_store_url: str | None = Field(
+        None, description="s3://bucket/prefix for an S3-compatible store: documented but NOT implemented; a worker "
+        "or command given one stops with an error. Unset: the local data_dir.",
+    )
+    archive_segment_records: int = Field(10_000, ge=1, description="A segment is sealed at this many records...")
+    archive_segment_seconds: float = Field(30.0, gt=0, description="...or this long after its first record. Events "
+                                           "are acked (offsets committed) only once their segment is sealed.")
+    archive_codec: Literal["null", "deflate", "snappy"] = Field("deflate", description="Avro block codec of segments.")
+    data_retention_max_age_s: float | None = Field(
+        None, gt=0, description="Delete sealed segments older than this that no dataset version references. "
+        "Unset: keep.")
+    data_retention_max_bytes: int | None = Field(
+        None, gt=0, description="Delete the oldest unreferenced segments while the archive is larger. Unset: no limit.")
+    archive_compact_below_records: int | None = Field(
+        None, ge=2, description="Merge runs of sealed segments smaller than this (time-sealed, slow streams) into "
+        "segments of up to archive_segment_records; versions' segments are never touched. Unset: no compaction.")
+
     # --- drift monitoring (docs/drift.md) --------------------------------------------------------
     drift_topic: str = Field("drift", description="Drift records (schemas/drift_record.avsc), keyed by model name.")
     alerts_topic: str = Field("alerts", description="Debounced drift alerts (schemas/drift_alert.avsc).")
@@ -182,6 +207,10 @@ class Settings(BaseSettings):
     @property
     def snapshot_path(self) -> Path:
         return self.snapshot_dir if self.snapshot_dir is not None else self.state_dir / "snapshots"
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir if self.data_dir is not None else self.state_dir / "data"
 
     @property
     def fetch_wait_ms(self) -> int:

@@ -99,8 +99,13 @@ def flow(base_settings: Settings, model_dir: Path, tmp_path: Path, engine: str) 
         "model_dir": model_dir,
         "engine": engine,
         "state_dir": tmp_path,
+        # Scoring tests run scoring only: the drift lane and the archiver (each a consumer of every input,
+        # the archiver a child process) are switched on by their own tests.
+        "archive": False,
+        "drift_window": 0,
     })
     ensure_topics(settings)
     flow = Flow(settings, tmp_path)
     yield flow
     flow.stop_all()
+

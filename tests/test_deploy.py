@@ -327,7 +327,8 @@ def test_exported_names_from_source_match_the_live_registry():
     # Guards the source scan above: for the scoring flow's own metrics it must agree with prometheus_client.
     from prometheus_client import REGISTRY
 
-    import streams.drift  # noqa: F401 - the worker's metric modules, as the worker imports them
+    import streams.archive_lane  # noqa: F401 - the worker's metric modules, as the worker imports them
+    import streams.drift  # noqa: F401
     import streams.lag  # noqa: F401
     import streams.metrics  # noqa: F401
 

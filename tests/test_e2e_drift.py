@@ -49,6 +49,8 @@ def dflow(flow: Flow) -> Flow:
         "retrain_topic": f"retrain-{run}",
         "labels_topic": f"labels-{run}",
         "drift_interval_s": 0.3,
+        "drift_window": 2000,
+        "archive": True,  # every default capability on: this worker is configured as in production
     })
     return flow
 
