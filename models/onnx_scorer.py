@@ -84,6 +84,7 @@ class OnnxScorer:
         self._session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
         self.card = card
+        self.source_dir: Path | None = None  # set by from_dir
         self.name = card.name
         self.version = card.version
         self.sha256 = digest
@@ -99,7 +100,9 @@ class OnnxScorer:
         """Load ``<path>/model_card.json`` and ``<path>/model.onnx``, verifying the sha256."""
         path = Path(path)
         card = ModelCard.load(path)
-        return cls(card, (path / MODEL_FILENAME).read_bytes(), intra_op_num_threads=intra_op_num_threads)
+        scorer = cls(card, (path / MODEL_FILENAME).read_bytes(), intra_op_num_threads=intra_op_num_threads)
+        scorer.source_dir = path  # where its reference profile and other artifacts live
+        return scorer
 
     def _check_signature(self) -> tuple[str, list[str]]:
         """Fail at load time, not on the first event, if the graph does not match the card."""

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .labels import Label
 from .records import FeatureEvent, Int, Long, Prediction, TimestampMillis
+from .registry import _strip_logical_types  # timestamps stay int epoch millis on read
 
 __all__ = ["ARCHIVE_SCHEMAS", "ArchivedEvent", "ArchivedLabel", "ArchivedPrediction", "KafkaHeader", "archive_schema",
            "parsed_archive_schema"]
@@ -142,15 +143,6 @@ def archive_schema(name: ArchiveSchemaName) -> dict[str, Any]:
     if name not in ARCHIVE_SCHEMAS:
         raise KeyError(f"unknown archive schema {name!r}; known: {list(ARCHIVE_SCHEMAS)}")
     return _expand(_read(name), set())
-
-
-def _strip_logical_types(node: Any) -> Any:
-    # As in schemas.registry: timestamps stay int epoch millis on read instead of becoming datetimes.
-    if isinstance(node, dict):
-        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
-    if isinstance(node, list):
-        return [_strip_logical_types(v) for v in node]
-    return node
 
 
 @functools.cache

@@ -69,6 +69,8 @@ class Worker:
         self.drift = register_drift_monitor(self)
         from streams.archive_lane import register_archiver  # inputs + predictions into sealed, versioned segments
         self.archiver = register_archiver(self)
+        from streams.registry_watch import register_registry  # registry versions + routing, hot swap (docs/registry.md)
+        self.registry = register_registry(self)
         # (end of capability registrations)
         self.app.service(_Lifecycle(self))
         self._register_pages()

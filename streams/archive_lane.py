@@ -55,6 +55,7 @@ from datastore.catalog import recover
 from datastore.manifest import SegmentManifest
 from datastore.retention import apply_retention, compact
 from datastore.storage import Storage, open_storage
+from streams.background import BackgroundThread
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -87,10 +88,12 @@ def to_source(m: Message) -> SourceRecord:
                         headers)
 
 
-class ArchiveLane:
+class ArchiveLane(BackgroundThread):
     """Consumes into an ``Archive`` on its own thread and commits what is sealed (see the module docstring)."""
 
     poll_records = 1000
+    thread_name = "archive-lane"
+    stop_timeout_s = 30.0  # sealing the open segments on the way out takes a moment
 
     def __init__(self, settings: Settings, storage: Storage) -> None:
         self.settings = settings
@@ -101,22 +104,15 @@ class ArchiveLane:
             storage, self.topics, settings.archive_segment_records, settings.archive_segment_seconds,
             codec=settings.archive_codec, writer=f"{settings.app_id}-{settings.worker_name}",
             max_payload_bytes=settings.max_payload_bytes, on_sealed=self._sealed)
-        self.stopping = threading.Event()
         self.assigned = threading.Event()
         self.committed: dict[tuple[str, int], int] = {}  # next offset committed per partition
         self._ready: dict[tuple[str, int], int] = {}  # next offset that may be committed
         self._last_commit = time.monotonic()
-        self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        super().__init__()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run_guarded, name="archive-lane", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def _target(self) -> None:
+        self._run_guarded()
 
     def _run_guarded(self) -> None:
         try:
@@ -126,7 +122,8 @@ class ArchiveLane:
             log.exception("archive lane stopped")
 
     def run(self) -> None:
-        consumer = Consumer(self.settings.group_consumer_config(self.group_id))
+        consumer = Consumer({**self.settings.group_consumer_config(self.group_id),
+                             "fetch.wait.max.ms": self.settings.background_fetch_wait_ms})
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stopping.is_set():

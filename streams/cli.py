@@ -223,6 +223,9 @@ app.add_typer(learners_app, name="learners")
 from streams.drift_cli import drift_app  # noqa: E402 - drift monitoring: report (HTML), status
 
 app.add_typer(drift_app, name="drift")
+from streams.models_cli import models_app  # noqa: E402 - model registry: versions, aliases, routing, diff
+
+app.add_typer(models_app, name="models")
 from streams.data_cli import data_app, lineage, replay  # noqa: E402 - data versioning, lineage and replay
 
 app.add_typer(data_app, name="data")

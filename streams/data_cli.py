@@ -73,12 +73,24 @@ def data_snapshot(
     since: Annotated[str | None, typer.Option(help="Records with Kafka timestamp >= this (epoch ms or ISO).")] = None,
     until: Annotated[str | None, typer.Option(help="Records with Kafka timestamp < this (epoch ms or ISO).")] = None,
     description: Annotated[str, typer.Option("--description", "-m", help="What this version is for.")] = "",
+    offsets: Annotated[str | None, typer.Option(help="Only these offset ranges, e.g. a retrain request's "
+                                                "data_version: 'kafka:features[0]@10-99,...'.")] = None,
 ) -> None:
     """Make a dataset version of what is sealed now; the same content always gives the same id."""
+    ranges = None
+    if offsets is not None:
+        from datastore.dataset import OffsetRange
+        from streams.drift_alerts import parse_data_version
+
+        try:
+            ranges = [OffsetRange(**r.model_dump()) for r in parse_data_version(offsets)]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--offsets") from exc
+        topic = topic or sorted({r.topic for r in ranges})
     storage = _storage()
     started = time.perf_counter()
-    version, created = snapshot(storage, Selection(topics=topic, since_ms=_ms(since), until_ms=_ms(until)),
-                                description)
+    selection = Selection(topics=topic, since_ms=_ms(since), until_ms=_ms(until), offsets=ranges)
+    version, created = snapshot(storage, selection, description)
     state = "[green]created[/]" if created else "[yellow]exists[/] (same content)"
     console.print(f"{state} dataset version [bold]{version.id}[/]")
     console.print(f"  {version.record_count} records in {len(version.segments)} segments, "

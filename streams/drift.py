@@ -33,7 +33,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -50,6 +50,7 @@ from models.profile import PROFILE_FILENAME, ReferenceProfile
 from schemas.codecs import InvalidEvent, decode_feature_event
 from schemas.drift import STATUS_LEVEL, DriftAlert, DriftRecord, RetrainRequest, encode
 from schemas.validation import FeatureValidator
+from streams.background import BackgroundThread
 from streams.drift_alerts import AlertDebouncer
 from streams.drift_concept import ConceptTracker
 from streams.drift_window import SlidingWindow, WindowSnapshot
@@ -148,6 +149,24 @@ class DriftMonitor:
         if self.concept is not None:
             self.concept.add_features(event.event_id, row, ts_ms)
 
+    def switch_model(self, scorer: OnnxScorer, profile: ReferenceProfile, profile_sha256: str) -> None:
+        """Monitor another model from now on (a promotion): same input window, new reference, new alert state.
+
+        The window's inputs stay (they are the same stream); the next evaluation judges them against the new
+        model's profile. Alerts and the error-stream detectors belong to a model, so they start afresh.
+        """
+        if profile.feature_names != list(scorer.feature_names) or tuple(profile.feature_names) != self.names:
+            raise ValueError(f"{scorer.name}@{scorer.version}: profile features differ from the monitored ones")
+        with self.lock:
+            self.scorer, self.profile, self.profile_sha256 = scorer, profile, profile_sha256
+            self.debouncer = AlertDebouncer(self.settings.drift_alert_cooldown_s, self.settings.drift_resolve_after,
+                                            self.settings.drift_retrain_on_alert)
+            if self.concept is not None:
+                self.concept = ConceptTracker(scorer.classes[-1], self.settings.join_ttl_s,
+                                              self.settings.drift_label_join_size)
+            self.evaluated_at = 0  # judge the window against the new reference at the next tick
+            self._status_gauge = DRIFT_STATUS.labels(scorer.name)
+
     def due(self) -> bool:
         """New messages since the last evaluation, and enough of them to judge (or new labelled events)."""
         enough = min(self.settings.drift_window, self.thresholds.min_events)
@@ -202,34 +221,27 @@ class DriftMonitor:
         self._status_gauge.set(STATUS_LEVEL[record.status])
 
 
-class DriftLane:
+class DriftLane(BackgroundThread):
     """A confluent-kafka consumer in group ``<app_id>-drift`` feeding the monitor, on its own thread.
 
     Offsets are auto-committed as read: a message lost or seen twice around a crash moves one window
     row, which no statistic can notice, so nothing waits for outputs here.
     """
 
+    thread_name = "drift-lane"
+
     def __init__(self, settings: Settings, monitor: DriftMonitor) -> None:
         self.settings = settings
         self.monitor = monitor
         self.group_id = f"{settings.app_id}-drift"
-        self.stopping = threading.Event()
         self.assigned = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="drift-lane", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().__init__()
 
     def run(self) -> None:
         s = self.settings
         consumer = Consumer({
             **s.group_consumer_config(self.group_id),
+            "fetch.wait.max.ms": s.background_fetch_wait_ms,
             # A new drift group starts at the beginning like the scoring groups; later it resumes from its
             # commits. Reading history only fills the window: alerts are about what the window holds.
             "enable.auto.commit": True,
@@ -253,9 +265,12 @@ class DriftLane:
 class DriftService(Service):
     """Runs the drift lane for the worker; evaluates once more and flushes on stop (the timer is the app's)."""
 
-    def __init__(self, monitor: DriftMonitor, lane: DriftLane, **kwargs: object) -> None:
+    def __init__(self, monitor: DriftMonitor, lane: DriftLane, served: Callable[[], object] | None = None,
+                 **kwargs: object) -> None:
         self.monitor = monitor
         self.lane = lane
+        self.served = served  # the model scoring now (registry mode), or None: the worker's fixed model
+        self._not_followed: str | None = None
         self.publisher: Publisher | None = None
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift")
         super().__init__(**kwargs)
@@ -274,6 +289,7 @@ class DriftService(Service):
     async def evaluate(self) -> DriftRecord | None:
         """Compare the window with the reference (if due) on the drift thread; publish what it yields."""
         monitor = self.monitor
+        self.follow_served_model()
         if self.publisher is None or not monitor.due():
             return None
         snap = monitor.snapshot()  # a copy: the lane keeps appending meanwhile
@@ -283,6 +299,25 @@ class DriftService(Service):
             log.warning("drift %s on %s@%s: %s", record.status, record.model_name, record.model_version,
                         ", ".join(f"{s.feature} {s.statistic}" for s in record.statistics if s.status != "ok"))
         return record
+
+    def follow_served_model(self) -> None:
+        """In registry mode, monitor the model that now serves the default route (after a promotion)."""
+        model = self.served() if self.served is not None else None
+        monitor = self.monitor
+        if not isinstance(model, OnnxScorer) or model.sha256 == monitor.scorer.sha256:
+            return
+        try:
+            reference = load_reference(model.source_dir, model.card) if model.source_dir else None
+            if reference is None:
+                raise ValueError("it has no reference profile")
+            monitor.switch_model(model, *reference)
+        except (OSError, ValueError) as exc:  # keep monitoring the previous model; say so once
+            if self._not_followed != model.sha256:
+                log.warning("drift monitoring stays on %s@%s: cannot follow %s@%s (%s)", monitor.scorer.name,
+                            monitor.scorer.version, model.name, model.version, exc)
+                self._not_followed = model.sha256
+            return
+        log.info("drift monitoring now follows %s@%s", model.name, model.version)
 
     def status(self) -> dict[str, object]:
         """For the worker's /drift page: is the drift agent consuming, what does its window hold."""
@@ -296,6 +331,7 @@ class DriftService(Service):
             "evaluations_due": monitor.due(),
             "status": last.status if last else None,
             "last_computed_at": last.computed_at if last else None,
+            "model": f"{monitor.scorer.name}@{monitor.scorer.version}",
             "profile_sha256": monitor.profile_sha256,
             # concept drift: labels read, and labelled events fed to the detectors so far
             "labels": dict(monitor.concept.counts) if monitor.concept else None,
@@ -325,7 +361,11 @@ def register_drift_monitor(worker: Worker) -> DriftService | None:
                     settings.model_dir, PROFILE_FILENAME)
         return None
     monitor = DriftMonitor(settings, worker.scorer, *reference)
-    service = DriftService(monitor, DriftLane(settings, monitor))
+    def served() -> object:  # the default route's first arm (the champion) once the registry routes scoring
+        router = getattr(worker.pipeline, "router", None)
+        return router.table.default.scorers[0] if router is not None else None
+
+    service = DriftService(monitor, DriftLane(settings, monitor), served)
 
     @worker.app.timer(settings.drift_interval_s, name="drift-evaluate")
     async def evaluate() -> None:

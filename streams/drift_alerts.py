@@ -28,11 +28,12 @@ Time comes from the records (``computed_at``), so the policy is deterministic an
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from schemas.drift import DriftAlert, DriftRecord, DriftStatistic, OffsetRange, RetrainRequest
 
-__all__ = ["AlertDebouncer", "data_version", "reasons"]
+__all__ = ["AlertDebouncer", "data_version", "parse_data_version", "reasons"]
 
 
 @dataclass
@@ -142,10 +143,35 @@ def reasons(statistics: list[DriftStatistic]) -> list[str]:
 def data_version(offsets: list[OffsetRange]) -> str:
     """The window's data as ``kafka:<topic>[<partition>]@<first>-<last>,...``.
 
-    Stands in for a dataset version until data versioning exists: it names exactly the input
-    messages of the window, which stay readable for the topic's retention.
+    It names exactly the input messages of the window (readable for the topic's retention); the archive
+    turns it into a content-addressed dataset version: ``streamscore data snapshot --offsets '<it>'``. (At
+    alert time the newest of those messages are usually not in sealed segments yet, so the drift lane
+    does not snapshot by itself.)
 
     >>> data_version([OffsetRange(topic="features", partition=0, first_offset=10, last_offset=99)])
     'kafka:features[0]@10-99'
     """
     return "kafka:" + ",".join(f"{r.topic}[{r.partition}]@{r.first_offset}-{r.last_offset}" for r in offsets)
+
+
+def parse_data_version(text: str) -> list[OffsetRange]:
+    """The offset ranges a ``data_version`` string names (its inverse).
+
+    >>> [(r.topic, r.partition, r.first_offset, r.last_offset)
+    ...  for r in parse_data_version("kafka:features[0]@10-99,features-avro[3]@0-4")]
+    [('features', 0, 10, 99), ('features-avro', 3, 0, 4)]
+    """
+    if not text.startswith("kafka:"):
+        raise ValueError(f"{text!r} is not a drift data version (kafka:<topic>[<partition>]@<first>-<last>,...)")
+    ranges = []
+    for part in text.removeprefix("kafka:").split(","):
+        match = _RANGE.fullmatch(part.strip())
+        if match is None:
+            raise ValueError(f"{part!r} is not <topic>[<partition>]@<first>-<last>")
+        topic, partition, first, last = match.groups()
+        ranges.append(OffsetRange(topic=topic, partition=int(partition), first_offset=int(first),
+                                  last_offset=int(last)))
+    return ranges
+
+
+_RANGE = re.compile(r"(.+)\[(\d+)\]@(\d+)-(\d+)")

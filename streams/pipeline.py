@@ -11,16 +11,20 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.onnx_scorer import OnnxScorer
+from models.onnx_scorer import OnnxScorer, ScoreBatch
 from schemas.codecs import InvalidEvent, decode_feature_event, encode_dead_letter, prediction_to_json_bytes
 from schemas.records import DeadLetter
 from schemas.validation import FeatureValidator, input_hash
 from streams import metrics
 from streams.publisher import Headers, Outbound
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.routing import Router
 
 
 @dataclass(slots=True)
@@ -59,6 +63,7 @@ class ScoringPipeline:
         self.settings = settings
         self.scorer = scorer
         self.route = route
+        self.router: Router | None = None  # set by streams.registry_watch when a model registry is configured
         self.validator = FeatureValidator(scorer.feature_names)
         self.worker = settings.worker_name
         self._in = {t: metrics.EVENTS_IN.labels(t) for t in settings.input_topics}
@@ -83,17 +88,27 @@ class ScoringPipeline:
         for topic, count in Counter(m.topic for m in messages).items():
             self._in.setdefault(topic, metrics.EVENTS_IN.labels(topic)).inc(count)
         if rows:
-            result.outputs.extend(self._predictions(good, np.asarray(rows, dtype=np.float32), received_ms))
+            X = np.asarray(rows, dtype=np.float32)
+            router = self.router
+            if router is None:
+                result.outputs.extend(self._predictions(good, X, received_ms))
+                self._out.inc(len(rows))
+            else:  # registry routing: versions, A/B, canary, shadow, bandit (streams/routing.py)
+                result.outputs.extend(router.route(self, good, X, received_ms))
             result.scored = len(rows)
-            self._out.inc(len(rows))
         result.dead_lettered = len(messages) - result.scored
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         return result
 
-    def _predictions(self, good: list, X: np.ndarray, received_ms: int) -> list[Outbound]:
-        scorer = self.scorer
-        batch = scorer.predict_many(X)
+    def _predictions(self, good: list, X: np.ndarray, received_ms: int, scorer: OnnxScorer | None = None,
+                     route: str | None = None, topic: str | None = None, batch: ScoreBatch | None = None,
+                     ) -> list[Outbound]:
+        """Prediction messages for ``good``; the router passes its own scorer, route name, topic and scores."""
+        scorer = scorer or self.scorer
+        route = route or self.route
+        batch = batch if batch is not None else scorer.predict_many(X)
+        out_topic = topic or self.settings.prediction_topic
         scored_at = _now_ms()
         latency_ms = float(scored_at - received_ms)
         classes = [str(c) for c in scorer.classes]
@@ -118,7 +133,7 @@ class ScoringPipeline:
                 "input_hash": input_hash(X[i].tobytes()),
                 "scored_at": scored_at,
                 "latency_ms": latency_ms,
-                "route": self.route,
+                "route": route,
                 "worker": self.worker,
                 "source_topic": msg.topic,
                 "source_partition": msg.partition,
@@ -128,11 +143,11 @@ class ScoringPipeline:
             headers = [
                 ("event_id", event.event_id.encode()),
                 ("model_version", version_header),
-                ("route", self.route.encode()),
+                ("route", route.encode()),
                 *_passthrough_headers(msg.headers),
             ]
             key = msg.key if msg.key is not None else event.event_id.encode()
-            outputs.append(Outbound(self.settings.prediction_topic, key, prediction_to_json_bytes(record), headers))
+            outputs.append(Outbound(out_topic, key, prediction_to_json_bytes(record), headers))
         return outputs
 
     def _dead_letter(self, msg: InboundMessage, exc: InvalidEvent) -> Outbound:

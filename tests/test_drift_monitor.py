@@ -184,3 +184,22 @@ def test_tail_renders_a_drift_table_and_report_draws_every_feature(settings: Set
     # one histogram per feature and one for the score, plus the status strip
     assert page.count("<svg") == len(monitor.names) + 2
     assert "amount" in page and "prediction" in page
+
+
+def test_switch_model_judges_the_same_window_against_the_new_reference(settings: Settings, tmp_path: Path) -> None:
+    from models.train_demo import train_demo_model
+    from streams.drift import load_reference
+
+    monitor = monitor_for(settings)
+    feed(monitor, sample_events(16, 2000, start_ms=0, shift=2.0))
+    first, _ = monitor.evaluate(monitor.snapshot(), now_ms=0)
+    assert first.status == "alert" and monitor.debouncer.firing is not None
+    card = train_demo_model(tmp_path / "2", seed=8, n=5000, version="2")
+    v2 = OnnxScorer.from_dir(tmp_path / "2")
+    monitor.switch_model(v2, *load_reference(v2.source_dir, v2.card))
+    assert monitor.due() and monitor.debouncer.firing is None  # new model: judged again, alert state afresh
+    record, outputs = monitor.evaluate(monitor.snapshot(), now_ms=1)
+    assert (record.model_version, record.model_sha256, record.profile_sha256) == (
+        "2", card.onnx_sha256, card.reference_profile_sha256)
+    assert record.window_events == first.window_events and record.status == "alert"
+    assert [o.topic for o in outputs] == ["drift", "alerts", "retrain-requests"]  # a new alert for the new model

@@ -18,9 +18,13 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from datastore.catalog import coverage_of
+from datastore.dataset import list_versions
+from datastore.storage import LocalStorage
 from models.demo import FEATURE_NAMES, sample_events
 from schemas.drift import DriftAlert, DriftRecord, RetrainRequest, decode
 from streams.cli import app as cli_app
+from streams.drift_alerts import parse_data_version
 from streams.drift_sim import concept_labels
 from streams.producer import encode_events, produce
 from streams.reader import read_all
@@ -51,6 +55,7 @@ def dflow(flow: Flow) -> Flow:
         "drift_interval_s": 0.3,
         "drift_window": 2000,
         "archive": True,  # every default capability on: this worker is configured as in production
+        "archive_segment_seconds": 1.0,  # so the retrain request's data is sealed within the test
     })
     return flow
 
@@ -119,6 +124,18 @@ def test_shift_alerts_within_stated_delay_debounced_with_retrain_request_metrics
     assert requests[0].data_version.startswith(f"kafka:{flow.json_topic}[")
     assert requests[0].model_name == "demo-risk" and requests[0].reason
 
+    # the request's data version becomes a content-addressed dataset version of exactly those messages
+    ranges = parse_data_version(requests[0].data_version)
+    store = LocalStorage(s.data_path)
+    wait_until("the window's messages sealed in the archive", lambda: all(
+        coverage_of(store, r.topic, r.partition).contains(r.last_offset) for r in ranges), flow)
+    env = s.as_env()
+    out = CliRunner().invoke(cli_app, ["data", "snapshot", "--offsets", requests[0].data_version, "-m", "retrain"],
+                             env=env)
+    assert out.exit_code == 0, out.output
+    version = next(v for v in list_versions(store) if v.description == "retrain")
+    assert version.record_count == sum(r.last_offset - r.first_offset + 1 for r in ranges) == 2000
+
     metrics = get(port, "/metrics")
     assert 'streamscore_drift_status{model="demo-risk"} 2.0' in metrics
     psi = next(line for line in metrics.splitlines()
@@ -127,7 +144,6 @@ def test_shift_alerts_within_stated_delay_debounced_with_retrain_request_metrics
     assert float(psi.split()[-1]) == next(st.value for st in latest.statistics
                                           if (st.feature, st.statistic) == ("amount", "psi"))
 
-    env = s.as_env()
     tail = CliRunner().invoke(cli_app, ["tail", s.drift_topic, "--no-follow"], env=env, terminal_width=200)
     assert tail.exit_code == 0, tail.output
     assert "ALERT" in tail.output and all(name in tail.output for name in FEATURE_NAMES)

@@ -1,0 +1,85 @@
+"""River snapshots as registry versions: an online learner's frozen snapshot scored like an ONNX model.
+
+``ModelRegistry.register_river`` copies a snapshot directory of the online-learning store
+(``<snapshot_dir>/<learner>/vNNNNNN/{model.pkl, snapshot.json}``) into the registry after verifying it
+(sha256, and the HMAC when ``STREAMSCORE_SNAPSHOT_HMAC_KEY`` is set). ``RiverScorer`` then serves it
+with the scoring interface of ``OnnxScorer``, so a River snapshot can be champion, a canary or a bandit
+arm against ONNX versions. The registered snapshot is frozen: it does not keep learning (the online
+learning lane, docs/online_learning.md, is where learning happens).
+
+The pickle is only unpickled after its sha256 matched the registered one, and with the allowlist of
+``online_learning.snapshots.loads_state``.
+
+>>> import tempfile
+>>> import numpy as np
+>>> from online_learning.snapshots import SnapshotStore, dumps_state
+>>> from online_learning.specs import get_spec
+>>> with tempfile.TemporaryDirectory() as d:
+...     store = SnapshotStore(d, "logreg")
+...     meta = store.write(dumps_state({"model": get_spec("logreg").build()}), version=1, parent=None,
+...                        kind="learned", worker="w", feature_names=["a", "b"], classes=["no", "yes"])
+...     scorer = load_river_dir(store.dir / "v000001", meta.sha256, "m", "r1")
+>>> scorer.predict_many(np.zeros((2, 2), np.float32)).labels.tolist()  # untrained: p = 0.5, ties are negative
+['no', 'no']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.onnx_scorer import ScoreBatch
+from online_learning.learner import Learner
+from online_learning.snapshots import ARTIFACT, META, SnapshotMeta, SnapshotStore, loads_state
+from online_learning.specs import get_spec
+
+
+class RiverSnapshotError(ValueError):
+    pass
+
+
+def read_snapshot(snapshot_dir: str | Path, hmac_key: str | None = None) -> tuple[SnapshotMeta, bytes]:
+    """Meta and verified artifact bytes of ``<root>/<learner>/vNNNNNN`` (sha256, and HMAC when keyed)."""
+    path = Path(snapshot_dir)
+    if not (path / META).exists() or not path.name.startswith("v") or not path.name[1:].isdigit():
+        raise RiverSnapshotError(f"{path} is not a snapshot directory (<snapshot_dir>/<learner>/vNNNNNN with {META})")
+    return SnapshotStore(path.parent.parent, path.parent.name, hmac_key).verified_bytes(int(path.name[1:]))
+
+
+def flat_metrics(meta: SnapshotMeta) -> dict[str, float]:
+    """Prequential metrics as flat ``<scope>.<metric>`` numbers, like a model card's metrics."""
+    return {f"{scope}.{name}": float(v) for scope, values in meta.metrics.items() for name, v in values.items()}
+
+
+class RiverScorer:
+    """A frozen River learner behind ``predict_many(X float32) -> ScoreBatch`` (binary learners)."""
+
+    def __init__(self, name: str, version: str, meta: SnapshotMeta, model: object) -> None:
+        spec = get_spec(meta.learner)
+        if spec.task != "binary":
+            raise RiverSnapshotError(f"{meta.learner} is a {spec.task} learner; only binary classifiers can be routed "
+                                     "beside the ONNX classifiers")
+        self.name, self.version, self.sha256 = name, version, meta.sha256
+        self.feature_names: tuple[str, ...] = tuple(meta.feature_names)
+        self.classes: tuple[str, ...] = tuple(meta.classes)
+        self.n_features = len(self.feature_names)
+        self._learner = Learner(spec, self.feature_names, classes=self.classes, model=model)
+
+    def predict_many(self, X: np.ndarray) -> ScoreBatch:
+        return self._learner.predict_many(pd.DataFrame(X.astype(np.float64), columns=list(self.feature_names)))
+
+    def __repr__(self) -> str:
+        return f"RiverScorer({self.name}@{self.version}, sha256={self.sha256[:12]}...)"
+
+
+def load_river_dir(path: Path, sha256: str, name: str, version: str) -> RiverScorer:
+    """Load a registered snapshot copy, refusing bytes that are not the registered ones (before unpickling)."""
+    meta = SnapshotMeta.model_validate_json((path / META).read_bytes())
+    data = (path / ARTIFACT).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256 or meta.sha256 != sha256:
+        raise RiverSnapshotError(f"{name}@{version}: snapshot sha256 {digest} is not the registered {sha256}")
+    return RiverScorer(name, version, meta, loads_state(data)["model"])
