@@ -169,6 +169,10 @@ class Settings(BaseSettings):
         "monitoring off.",
     )
     drift_interval_s: float = Field(5.0, gt=0, description="How often the window is compared with the reference.")
+    drift_max_events_per_s: int = Field(
+        5000, ge=1, description="Inputs the drift lane decodes per second at most; above it the window holds a "
+        "sample of the stream (the lane shares the worker's CPU and GIL with scoring).",
+    )
     drift_thresholds: DriftThresholds = Field(
         default_factory=DriftThresholds,
         description="PSI/KS/chi-square/Wasserstein/missing-rate thresholds, JSON or "
