@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -114,3 +115,28 @@ def flow(base_settings: Settings, model_dir: Path, tmp_path: Path, engine: str) 
     yield flow
     flow.stop_all()
 
+
+class FakeMessage:
+    """The confluent-kafka Message methods the lanes read, for tests without a broker."""
+
+    def __init__(self, offset: int, value: bytes, topic: str = "labels", timestamp_ms: int | None = None) -> None:
+        self._offset, self._value, self._topic = offset, value, topic
+        self._timestamp_ms = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp_ms)  # (TIMESTAMP_CREATE_TIME, ms)

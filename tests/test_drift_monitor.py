@@ -7,7 +7,6 @@ The bounds stated here are the ones docs/drift.md documents; they were measured 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from streams.drift_report import render_report
 from streams.drift_sim import PARTITIONS, concept_labels, concept_run, false_alarms, monitor_for, shift_run
 from streams.drift_view import render_drift
 from streams.settings import Settings
+from tests.conftest import FakeMessage
 
 # Stated bounds (docs/drift.md): a shift of 1.0 is alerted with at most this many shifted events in the
 # 2000-event window (measured max 600), and never before the shift.
@@ -207,35 +207,14 @@ def test_switch_model_judges_the_same_window_against_the_new_reference(settings:
 
 
 def test_lane_samples_inputs_above_the_rate_cap_and_always_reads_labels(settings: Settings) -> None:
-    class Msg:  # the four confluent-kafka Message methods add_many reads
-        def __init__(self, topic: str, offset: int, value: bytes) -> None:
-            self._t, self._o, self._v = topic, offset, value
-
-        def error(self) -> None:
-            return None
-
-        def topic(self) -> str:
-            return self._t
-
-        def partition(self) -> int:
-            return 0
-
-        def offset(self) -> int:
-            return self._o
-
-        def value(self) -> bytes:
-            return self._v
-
-        def timestamp(self) -> tuple[int, int]:
-            return (1, int(time.time() * 1000))  # the label join keeps rows by their Kafka timestamp
-
     monitor = monitor_for(settings.model_copy(update={"drift_max_events_per_s": 100}))
     events = sample_events(17, 300)
     t0 = monitor._refilled
-    monitor.add_many([Msg("features", i, orjson.dumps(e)) for i, e in enumerate(events)], now=t0)
+    monitor.add_many([FakeMessage(i, orjson.dumps(e), "features") for i, e in enumerate(events)], now=t0)
     assert (monitor.window.appended, monitor.sampled_out) == (100, 200)  # a second's budget
     label = orjson.dumps({"event_id": events[0]["event_id"], "label": "risky", "label_time": 0})
-    monitor.add_many([Msg(settings.labels_topic, 0, label)], now=t0)  # labels are never sampled out
+    monitor.add_many([FakeMessage(0, label, settings.labels_topic)], now=t0)  # labels are never sampled out
     assert monitor.concept.counts["labels"] == 1 and len(monitor.concept.pending_ys) == 1
-    monitor.add_many([Msg("features", 300 + i, orjson.dumps(e)) for i, e in enumerate(events[:80])], now=t0 + 0.5)
+    more = [FakeMessage(300 + i, orjson.dumps(e), "features") for i, e in enumerate(events[:80])]
+    monitor.add_many(more, now=t0 + 0.5)
     assert monitor.window.appended == 150  # refilled at 100/s for half a second

@@ -49,6 +49,7 @@ from streams.learning_scoring import OnlinePipeline, Serving, ServingSlot
 from streams.learning_trainer import Trainer
 from streams.pipeline import InboundMessage
 from streams.settings import Settings
+from tests.conftest import FakeMessage
 
 
 def demo(n: int, seed: int = 5) -> tuple[pd.DataFrame, list[str], np.ndarray]:
@@ -479,26 +480,6 @@ def test_online_pipeline_publishes_predictions_in_the_prediction_schema():
 
 
 # --- the trainer's accounting (no Kafka: fake messages and reader) ----------------------------------
-class FakeMessage:
-    def __init__(self, offset: int, value: bytes, topic: str = "labels") -> None:
-        self._offset, self._value, self._topic = offset, value, topic
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-
 class FakeReader:
     def __init__(self) -> None:
         self.catch_ups = 0
