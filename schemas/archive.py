@@ -52,8 +52,8 @@ class KafkaHeader(BaseModel):
     value: bytes | None = None
 
 
-class ArchivedEvent(BaseModel):
-    """An input-topic record as archived (see archived_event.avsc)."""
+class _ArchivedRecord(BaseModel):
+    """The Kafka record as consumed: the leading fields every archived_*.avsc shares, in their order."""
 
     model_config = _STRICT
 
@@ -64,38 +64,25 @@ class ArchivedEvent(BaseModel):
     key: bytes | None = None
     value: bytes | None = None
     headers: list[KafkaHeader]
+
+
+class ArchivedEvent(_ArchivedRecord):
+    """An input-topic record as archived (see archived_event.avsc)."""
+
     event: FeatureEvent | None = None
     invalid_reason: str | None = None
 
 
-class ArchivedPrediction(BaseModel):
+class ArchivedPrediction(_ArchivedRecord):
     """A prediction-topic record as archived (see archived_prediction.avsc)."""
 
-    model_config = _STRICT
-
-    topic: str
-    partition: Int
-    offset: Long
-    timestamp_ms: TimestampMillis | None = None
-    key: bytes | None = None
-    value: bytes | None = None
-    headers: list[KafkaHeader]
     prediction: Prediction | None = None
     invalid_reason: str | None = None
 
 
-class ArchivedLabel(BaseModel):
+class ArchivedLabel(_ArchivedRecord):
     """A labels-topic record as archived (see archived_label.avsc)."""
 
-    model_config = _STRICT
-
-    topic: str
-    partition: Int
-    offset: Long
-    timestamp_ms: TimestampMillis | None = None
-    key: bytes | None = None
-    value: bytes | None = None
-    headers: list[KafkaHeader]
     label: Label | None = None
     invalid_reason: str | None = None
 
