@@ -68,7 +68,7 @@ class ModelCard(BaseModel):
     training_data_sha256: str = Field(pattern=_SHA256, description="See dataset_sha256().")
     training_data_version: str | None = None
     reference_profile_sha256: str | None = Field(
-        None, pattern=_SHA256, description="sha256 of reference_profile.json (see models.profile); drift "
+        None, pattern=_SHA256, description="sha256 of reference_profile.json (see streams.drift.profile); drift "
         "statistics are computed against that exact file. None for models exported without one."
     )
     seed: int

@@ -39,7 +39,7 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.onnx_scorer import ScoreBatch
+from models.scorer import ScoreBatch
 
 _EPS = 1e-7  # clip probabilities before logit: trees can output exactly 0 or 1
 

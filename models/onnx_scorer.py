@@ -21,7 +21,6 @@ bytes whose sha256 the model card pins.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.card import ModelCard, sha256_bytes
+from models.scorer import ScoreBatch
 
 MODEL_FILENAME = "model.onnx"
 PROBABILITIES_OUTPUT = "probabilities"  # skl2onnx's name with zipmap=False
@@ -37,23 +37,6 @@ PROBABILITIES_OUTPUT = "probabilities"  # skl2onnx's name with zipmap=False
 
 class ModelIntegrityError(RuntimeError):
     """model.onnx is not the artifact its model card describes (sha256 or signature mismatch)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScoreBatch:
-    """Scores for a batch, row-aligned with the input.
-
-    scores: (n,) float64, probability of the positive class (the last class).
-    labels: (n,) str array, the most probable class.
-    probabilities: (n, n_classes) float64, columns in ``OnnxScorer.classes`` order.
-    """
-
-    scores: np.ndarray
-    labels: np.ndarray
-    probabilities: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
 
 
 class OnnxScorer:

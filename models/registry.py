@@ -11,7 +11,7 @@ Each log record carries the *whole* state of one key after the change (``model:<
 ``route:<input topic>``), not a delta. So the last record per key is the state: a compacted Kafka topic
 (which keeps only the last record per key) and a full replay from the beginning give the same answer,
 and re-publishing the log is idempotent (records are ordered by ``seq``; older ones are ignored).
-Workers rebuild the state from the control topic (``streams/registry_watch.py``); the CLI from the file.
+Workers rebuild the state from the control topic (``streams/routing/watcher.py``); the CLI from the file.
 
 A version must take exactly the feature schema's inputs, in order, and keep the classes of the versions
 before it; ``register`` refuses anything else with the reason. The artifact is verified (sha256 of the
@@ -139,7 +139,7 @@ class RegistryRecord(BaseModel):
     key: str = Field(description="'model:<name>' or 'route:<input topic>'.")
     change: Change
     model: ModelState | None = None
-    route: dict[str, Any] | None = Field(None, description="Routing spec (streams.routing.RouteSpec) as JSON.")
+    route: dict[str, Any] | None = Field(None, description="Routing spec (streams.routing.router.RouteSpec) as JSON.")
     at_ms: int
     by: str
 
@@ -434,7 +434,7 @@ class ModelRegistry:
 
     def set_route(self, topic: str, route: dict[str, Any], kind: ChangeKind = "route", reason: str = "",
                   unless: Callable[[dict[str, Any] | None], bool] | None = None) -> RegistryRecord | None:
-        """Record the routing spec of an input topic (validated by the caller, see ``streams.routing``).
+        """Record the routing spec of an input topic (validated by the caller, see ``streams.routing.router``).
 
         ``unless(current_route)`` is evaluated under the lock: when true nothing is written (e.g. another
         worker already rolled the same canary back).

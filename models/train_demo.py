@@ -36,7 +36,7 @@ from sklearn.model_selection import train_test_split
 from models.card import CARD_FILENAME, ModelCard, dataset_sha256, sha256_bytes
 from models.demo import CLASS_NAMES, FEATURE_NAMES, make_dataset
 from models.onnx_scorer import MODEL_FILENAME, OnnxScorer
-from models.profile import build_profile
+from streams.drift.profile import build_profile
 
 DEFAULT_OUT = Path("artifacts/models/demo-risk/1")
 TEST_SIZE = 0.25

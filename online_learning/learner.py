@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.onnx_scorer import ScoreBatch
+from models.scorer import ScoreBatch
 from online_learning.specs import MINIBATCH_REFERENCE, LearnerSpec, supports_minibatch
 
 _STOP = object()

@@ -1,6 +1,6 @@
 """Archived Kafka records: pydantic twins of archived_{event,prediction,label}.avsc and their schemas.
 
-The archiver (streams/archive_lane.py) writes every record it consumes into Avro container segments. A segment
+The archiver (streams/archive/lane.py) writes every record it consumes into Avro container segments. A segment
 keeps the exact Kafka record (topic, partition, offset, timestamp, key, value, headers) - that is the data,
 and what dataset version ids are computed over - plus the decoded FeatureEvent, Prediction or Label when the
 value decodes, so lineage and replay need no second decoding pass.

@@ -23,7 +23,7 @@ EVENT_LATENCY = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 MODEL_INFO = Gauge("streamscore_model_info", "Loaded model (value 1)", ["model", "version", "sha256"])
-# Set by streams/lag.py on its own timer; every worker reports every partition of its group.
+# Set by streams/worker/lag.py on its own timer; every worker reports every partition of its group.
 CONSUMER_LAG = Gauge("streamscore_consumer_lag", "Records the group has yet to consume", ["topic", "partition"])
 BROKER_REACHABLE = Gauge("streamscore_broker_reachable", "1 if the broker answered the lag monitor recently")
 

@@ -20,7 +20,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.drift_thresholds import DriftThresholds
+from streams.drift.thresholds import DriftThresholds
+from streams.routing.spec import RouteSpec
 
 InputFormat = Literal["json", "avro", "auto"]
 
@@ -203,8 +204,9 @@ class Settings(BaseSettings):
         None, description="Feature schema registered models must take, in order; default the model_dir model's.",
     )
     routes: dict[str, dict] = Field(
-        default_factory=dict, description="Input topic ('*' = every topic) -> routing spec (streams.routing.RouteSpec: "
-        "single, ab, canary, shadow, bandit), JSON; overridden at run time by `streamscore models route`.",
+        default_factory=dict, description="Input topic ('*' = every topic) -> routing spec "
+        "(streams.routing.spec.RouteSpec: single, ab, canary, shadow, bandit), JSON; overridden at run time by "
+        "`streamscore models route`.",
     )
     shadow_topic: str = Field("predictions-shadow", description="Where shadow-scored predictions go (never the "
                               "prediction topic).")
@@ -228,8 +230,6 @@ class Settings(BaseSettings):
     @field_validator("routes")
     @classmethod
     def _check_routes(cls, value: dict[str, dict]) -> dict[str, dict]:
-        from streams.routing import RouteSpec  # lazy: keeps this module light and free of import cycles
-
         for spec in value.values():
             RouteSpec.model_validate(spec)
         return value

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.demo import start_worker, stop_worker, wait_ready
+from streams.cli.demo import start_worker, stop_worker, wait_ready
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 
 
 def free_port() -> int:

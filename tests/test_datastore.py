@@ -132,18 +132,16 @@ def test_training_data_version_is_content_addressed_and_linked_from_the_card(tmp
 def test_s3_data_store_url_is_refused(tmp_path):
     from typer.testing import CliRunner
 
-    from streams.cli import app
+    from streams.cli.main import app
 
     result = CliRunner().invoke(app, ["data", "versions"], env={"STREAMSCORE_DATA_STORE_URL": "s3://bucket/x",
                                                                  "STREAMSCORE_STATE_DIR": str(tmp_path)})
     assert result.exit_code == 2 and "not implemented" in result.output
     with pytest.raises(Exception, match="not implemented"):
-        from streams.archive_lane import register_archiver
+        from streams.archive.lane import register_archiver
 
-        class FakeWorker:  # only .settings is read before the store is opened
-            settings = Settings(state_dir=tmp_path, data_store_url="s3://bucket/x")
-
-        register_archiver(FakeWorker())  # type: ignore[arg-type]
+        # the store is opened before the app is touched
+        register_archiver(None, Settings(state_dir=tmp_path, data_store_url="s3://bucket/x"))  # type: ignore[arg-type]
 
 
 def test_archived_rows_read_back_validate_against_the_pydantic_twins(tmp_path):
@@ -183,7 +181,7 @@ def test_a_river_snapshot_links_to_the_content_addressed_labels_it_learned(tmp_p
     from datastore.canonical import ContentHasher, SourceRecord
     from online_learning.snapshots import SnapshotStore
     from schemas.labels import Label, LearnedRange, encode_label
-    from streams.lineage import LabelsNotArchived, learner_data_version
+    from streams.archive.lineage import LabelsNotArchived, learner_data_version
 
     store = LocalStorage(tmp_path / "data")
     labels = [SourceRecord("labels", 0, i, 1000 + i, f"e{i}".encode(),

@@ -82,7 +82,7 @@ def test_compose_runs_kraft_kafka_two_workers_and_one_shot_jobs():
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert worker["depends_on"]["model"]["condition"] == "service_completed_successfully"
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert services["topics"]["entrypoint"] == ["python", "-m", "streams.topics"]
+    assert services["topics"]["entrypoint"] == ["python", "-m", "streams.kafka.topics"]
     assert all(s.get("restart") == "no" for s in (services["topics"], services["model"]))
     # the model volume is written by the one-shot job and only read by the workers
     assert any(v.endswith(":ro") and v.startswith("models:") for v in worker["volumes"])
@@ -95,7 +95,7 @@ def test_compose_only_sets_settings_that_exist_and_cli_options_that_exist():
             if key.startswith("STREAMSCORE_"):
                 assert key in SETTINGS_ENV, f"{name}: {key} is not a Settings field"
     services = compose()["services"]
-    from streams.cli import app
+    from streams.cli.main import app
 
     runner = CliRunner()
     for command, service in (("produce", "producer"), ("train-demo", "model")):
@@ -293,7 +293,7 @@ def test_deployment_probes_security_and_settings_match_the_worker():
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] <= int(config["STREAMSCORE_PARTITIONS"])
     job = docs["Job/streamscore-topics"]["spec"]["template"]["spec"]["containers"][0]
-    assert job["command"] == ["python", "-m", "streams.topics"]
+    assert job["command"] == ["python", "-m", "streams.kafka.topics"]
 
 
 # --- dashboard and alerts ------------------------------------------------------------------------
@@ -327,10 +327,10 @@ def test_exported_names_from_source_match_the_live_registry():
     # Guards the source scan above: for the scoring flow's own metrics it must agree with prometheus_client.
     from prometheus_client import REGISTRY
 
-    import streams.archive_lane  # noqa: F401 - the worker's metric modules, as the worker imports them
-    import streams.drift  # noqa: F401
-    import streams.lag  # noqa: F401
+    import streams.archive.lane  # noqa: F401 - the worker's metric modules, as the worker imports them
+    import streams.drift.lane  # noqa: F401
     import streams.metrics  # noqa: F401
+    import streams.worker.lag  # noqa: F401
 
     by_type = {"counter": "Counter", "gauge": "Gauge", "histogram": "Histogram", "summary": "Summary"}
     live = {family.name + suffix for family in REGISTRY.collect() if family.name.startswith("streamscore_")

@@ -2,7 +2,7 @@
 false-alarm bounds (measured with the worker's own DriftMonitor), concept drift on labels, and the views.
 
 The bounds stated here are the ones docs/drift.md documents; they were measured with
-``python -m streams.drift_sim`` (30 seeds, evaluated every 50 events) and hold with margin.
+``python -m streams.drift.sim`` (30 seeds, evaluated every 50 events) and hold with margin.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import numpy as np
 import orjson
 import pytest
 
-from models.concept_drift import ConceptDriftMonitor
 from models.demo import sample_events
 from models.onnx_scorer import OnnxScorer
 from schemas.drift import DriftAlert, DriftRecord, RetrainRequest, decode
-from streams.drift import DRIFT_STATISTIC, DRIFT_STATUS, DriftMonitor
-from streams.drift_alerts import AlertDebouncer
-from streams.drift_report import render_report
-from streams.drift_sim import PARTITIONS, concept_labels, concept_run, false_alarms, monitor_for, shift_run
-from streams.drift_view import render_drift
+from streams.drift.alerts import AlertDebouncer
+from streams.drift.detectors import ConceptDriftMonitor
+from streams.drift.lane import DRIFT_STATISTIC, DRIFT_STATUS, DriftMonitor
+from streams.drift.report import render_report
+from streams.drift.sim import PARTITIONS, concept_labels, concept_run, false_alarms, monitor_for, shift_run
+from streams.drift.view import render_drift
 from streams.settings import Settings
 from tests.conftest import FakeMessage
 
@@ -189,7 +189,7 @@ def test_tail_renders_a_drift_table_and_report_draws_every_feature(settings: Set
 
 def test_switch_model_judges_the_same_window_against_the_new_reference(settings: Settings, tmp_path: Path) -> None:
     from models.train_demo import train_demo_model
-    from streams.drift import load_reference
+    from streams.drift.lane import load_reference
 
     monitor = monitor_for(settings)
     feed(monitor, sample_events(16, 2000, start_ms=0, shift=2.0))

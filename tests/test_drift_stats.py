@@ -1,4 +1,4 @@
-"""The drift statistics (models/drift_stats.py) against scipy and against values worked out by hand."""
+"""The drift statistics (streams/drift/stats.py) against scipy and against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats as ss
 
-from models import drift_stats
-from models.drift_stats import (
+from streams.drift import stats as drift_stats
+from streams.drift.stats import (
     bin_counts,
     bin_proportions,
     chi2_homogeneity,

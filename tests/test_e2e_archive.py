@@ -27,10 +27,10 @@ from datastore.storage import LocalStorage
 from models.demo import CLASS_NAMES, FEATURE_NAMES, make_dataset, sample_events
 from models.train_demo import train_demo_model
 from online_learning.snapshots import SnapshotStore
-from streams.cli import app
-from streams.learning import ensure_learning_topics
-from streams.producer import bad_payloads, encode_events, produce
-from streams.reader import read_all, wait_for
+from streams.cli.main import app
+from streams.cli.produce import bad_payloads, encode_events, produce
+from streams.kafka.reader import read_all, wait_for
+from streams.learning.lane import ensure_learning_topics
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -287,7 +287,7 @@ def test_standalone_archiver_beside_a_worker_that_does_not_archive(flow):
     flow.start_worker(archive=False)
     env = {**os.environ, **s.as_env(), "STREAMSCORE_ARCHIVE_SEGMENT_SECONDS": "0.5"}
     with open(flow.log_dir / "archiver.log", "wb") as log:
-        archiver = subprocess.Popen([sys.executable, "-m", "streams.cli", "data", "archiver"], env=env, stdout=log,
+        archiver = subprocess.Popen([sys.executable, "-m", "streams.cli.main", "data", "archiver"], env=env, stdout=log,
                                     stderr=subprocess.STDOUT)
     try:
         produce(s, flow.json_topic, encode_events(events))

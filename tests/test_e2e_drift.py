@@ -23,11 +23,11 @@ from datastore.dataset import list_versions
 from datastore.storage import LocalStorage
 from models.demo import FEATURE_NAMES, sample_events
 from schemas.drift import DriftAlert, DriftRecord, RetrainRequest, decode
-from streams.cli import app as cli_app
-from streams.drift_alerts import parse_data_version
-from streams.drift_sim import concept_labels
-from streams.producer import encode_events, produce
-from streams.reader import read_all
+from streams.cli.main import app as cli_app
+from streams.cli.produce import encode_events, produce
+from streams.drift.alerts import parse_data_version
+from streams.drift.sim import concept_labels
+from streams.kafka.reader import read_all
 from streams.settings import Settings
 from tests.conftest import Flow, free_port
 from tests.test_drift_monitor import MAX_DELAY, SHIFT

@@ -26,9 +26,9 @@ from online_learning.learner import Learner
 from online_learning.snapshots import SnapshotMeta, SnapshotStore
 from online_learning.specs import get_spec
 from schemas.labels import LearnerMetrics, decode_learner_metrics
-from streams.cli import app as cli_app
-from streams.producer import encode_events, produce
-from streams.reader import read_all, wait_for
+from streams.cli.main import app as cli_app
+from streams.cli.produce import encode_events, produce
+from streams.kafka.reader import read_all, wait_for
 from streams.settings import Settings
 from tests.conftest import Flow, free_port
 

@@ -22,16 +22,16 @@ from sklearn.ensemble import GradientBoostingClassifier
 
 from models.card import ModelCard
 from models.demo import CLASS_NAMES, make_dataset, sample_events
-from models.drift_thresholds import DriftThresholds
 from models.registry import ModelRegistry
 from models.train_demo import export_demo_model, fit_demo_classifier, train_demo_model
 from schemas.drift import DriftRecord, decode
 from schemas.labels import Label, encode_label
-from streams.producer import encode_events, produce
-from streams.publisher import Outbound, Publisher
-from streams.reader import read_all, wait_for
-from streams.registry_watch import ensure_registry_topic, registry_for
-from streams.routing import ABSplit
+from streams.cli.produce import encode_events, produce
+from streams.drift.thresholds import DriftThresholds
+from streams.kafka.publisher import Outbound, Publisher
+from streams.kafka.reader import read_all, wait_for
+from streams.routing.router import ABSplit
+from streams.routing.watcher import ensure_registry_topic, registry_for
 
 pytestmark = pytest.mark.e2e
 

@@ -20,10 +20,10 @@ from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.demo import sample_events
-from streams.demo import wait_ready
-from streams.lag import LagMonitor
-from streams.producer import encode_events, produce
-from streams.reader import read_all, wait_for
+from streams.cli.demo import wait_ready
+from streams.cli.produce import encode_events, produce
+from streams.kafka.reader import read_all, wait_for
+from streams.worker.lag import LagMonitor
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e

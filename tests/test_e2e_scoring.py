@@ -17,8 +17,8 @@ import pytest
 
 from models.demo import FEATURE_NAMES, sample_events
 from schemas.validation import input_hash
-from streams.producer import bad_avro_payloads, bad_payloads, encode_events, produce
-from streams.reader import read_all, wait_for
+from streams.cli.produce import bad_avro_payloads, bad_payloads, encode_events, produce
+from streams.kafka.reader import read_all, wait_for
 
 pytestmark = pytest.mark.e2e
 

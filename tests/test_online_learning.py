@@ -44,10 +44,10 @@ from online_learning.specs import REGISTRY, LearnerSpec, get_spec, supports_mini
 from schemas.codecs import decode_prediction
 from schemas.labels import InvalidLabel, LearnedRange, ResumeOffset, decode_label
 from schemas.validation import FeatureValidator, input_hash
-from streams.cli import app as cli_app
-from streams.learning_scoring import OnlinePipeline, Serving, ServingSlot
-from streams.learning_trainer import Trainer
-from streams.pipeline import InboundMessage
+from streams.cli.main import app as cli_app
+from streams.learning.scoring import OnlinePipeline, Serving, ServingSlot
+from streams.learning.trainer import Trainer
+from streams.scoring.pipeline import InboundMessage
 from streams.settings import Settings
 from tests.conftest import FakeMessage
 
@@ -459,7 +459,7 @@ def test_online_pipeline_publishes_predictions_in_the_prediction_schema():
     X, labels, _ = demo(300)
     learner = binary("logreg")
     learner.learn_many(X, labels)
-    slot = ServingSlot(Serving(learner, 7, "ab" * 32))
+    slot = ServingSlot(Serving(learner, 7, "ab" * 32, "logreg"))
     pipeline = OnlinePipeline(settings, slot, FeatureValidator(FEATURE_NAMES), "logreg")
     events = sample_events(5, 3)
     messages = [InboundMessage("features", 0, i, e["event_id"].encode(), orjson.dumps(e))
@@ -502,7 +502,7 @@ def test_trainer_accounts_for_every_label_and_snapshots_exact_ranges(tmp_path):
     spec, publisher = get_spec("logreg"), FakePublisher()
     learner = Learner(spec, FEATURE_NAMES, classes=CLASS_NAMES)
     trainer = Trainer(settings, spec, FeatureValidator(FEATURE_NAMES), SnapshotStore(tmp_path, "logreg"),
-                      ServingSlot(Serving(learner, 0, "")), publisher)  # type: ignore[arg-type]
+                      ServingSlot(Serving(learner, 0, "", "logreg")), publisher)  # type: ignore[arg-type]
     trainer._reader = FakeReader()  # type: ignore[assignment]
     events, (X, y) = sample_events(5, 6), make_dataset(5, 6)
     for i, e in enumerate(events[:5]):
@@ -527,7 +527,7 @@ def test_trainer_accounts_for_every_label_and_snapshots_exact_ranges(tmp_path):
     assert (meta.version, meta.parent, meta.learned, meta.learned_total, meta.consumed) == (1, None, 4, 4, 8)
     assert [(r.first_offset, r.last_offset) for r in meta.offsets] == [(10, 17)]
     assert [(o.topic, o.offset) for o in meta.next_offsets] == [("labels", 18)]
-    assert trainer.slot.current.version == 1 and trainer._consumed() == 0
+    assert trainer.slot.current.snapshot_version == 1 and trainer._consumed() == 0
     record = orjson.loads(publisher.sent[0].value)
     assert (record["model_version"], record["learned_total"], record["invalid"]) == ("1", 4, 2)
 

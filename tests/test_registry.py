@@ -156,10 +156,10 @@ def test_diff_scores_of_two_versions(versions):
 
 
 def test_cli_register_promote_rollback_publishes_to_the_control_topic(base_settings, versions, tmp_path, monkeypatch):
-    from streams.cli import app
-    from streams.producer import encode_events, produce
-    from streams.reader import read_all
-    from streams.topics import ensure_topics
+    from streams.cli.main import app
+    from streams.cli.produce import encode_events, produce
+    from streams.kafka.reader import read_all
+    from streams.kafka.topics import ensure_topics
 
     topic = f"_registry-{tmp_path.name}"
     env = {**base_settings.as_env(), "STREAMSCORE_REGISTRY_DIR": str(tmp_path / "reg"),
@@ -167,7 +167,7 @@ def test_cli_register_promote_rollback_publishes_to_the_control_topic(base_setti
            "STREAMSCORE_REGISTRY_MODEL": "demo-risk"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    from streams import models_cli
+    from streams.cli import models as models_cli
 
     monkeypatch.setattr(models_cli.console, "width", 200)  # tables unwrapped, as on a wide terminal
     runner = CliRunner()
@@ -274,8 +274,8 @@ def test_cli_diff_on_an_archived_dataset_version(registry, versions, tmp_path, m
     from datastore.canonical import SourceRecord
     from datastore.dataset import Selection, snapshot
     from datastore.storage import LocalStorage
-    from streams import models_cli
-    from streams.cli import app
+    from streams.cli import models as models_cli
+    from streams.cli.main import app
 
     registry.register(versions["1"])
     registry.register(versions["2"], aliases=["challenger"])
@@ -351,9 +351,9 @@ def test_register_a_river_snapshot_and_score_it_like_any_version(registry, versi
     assert report.n == 500 and report.agreement > 0.8  # ONNX vs River, by `models diff`
 
     # a River arm in a running pipeline: an A/B split between the ONNX champion and the snapshot
-    from streams.pipeline import InboundMessage, ScoringPipeline
-    from streams.registry_watch import TableBuilder
-    from streams.routing import Router
+    from streams.routing.router import Router
+    from streams.routing.watcher import TableBuilder
+    from streams.scoring.pipeline import InboundMessage, ScoringPipeline
     from streams.settings import Settings
 
     settings = Settings(registry_model="demo-risk", registry_dir=registry.root, worker_id="w",

@@ -12,9 +12,9 @@ import pytest
 from models.demo import FEATURE_NAMES, sample_events
 from models.registry import ModelRegistry
 from models.train_demo import train_demo_model
-from streams.pipeline import InboundMessage, ScoringPipeline
-from streams.registry_watch import TableBuilder
-from streams.routing import ABSplit, Bandit, Canary, Feedback, Router, RouteSpec, make_policy, stable_unit
+from streams.routing.router import ABSplit, Bandit, Canary, Feedback, Router, RouteSpec, make_policy, stable_unit
+from streams.routing.watcher import TableBuilder
+from streams.scoring.pipeline import InboundMessage, ScoringPipeline
 from streams.settings import Settings
 
 KEYS = [f"acct-{i}" for i in range(20_000)]
@@ -227,7 +227,7 @@ def test_builder_refuses_unknown_refs_and_models_with_other_inputs(registry, tmp
 # --- docstring examples stay runnable -------------------------------------------------------------------
 @pytest.mark.parametrize("module_name", ["models.registry", "models.registry_diff", "models.registry_river",
                                          "models.composite",
-                                         "streams.routing", "streams.registry_watch"])
+                                         "streams.routing.router", "streams.routing.watcher"])
 def test_docstring_examples(module_name: str) -> None:
     import doctest
     import importlib

@@ -12,9 +12,9 @@ import certifi
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from streams.app import _faust_credentials
-from streams.demo import stop_worker, wait_ready
+from streams.cli.demo import stop_worker, wait_ready
 from streams.settings import Settings
+from streams.worker.app import _faust_credentials
 from tests.conftest import free_port
 
 SECRET = "s3cr3t-Pa55word-do-not-log"
@@ -138,7 +138,7 @@ def test_worker_start_logs_do_not_contain_the_password(flow):
     })
     log_path = flow.log_dir / "worker-debug.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", "debug"],
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli.main", "worker", "--loglevel", "debug"],
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **settings.as_env()})
     try:
         assert wait_ready(settings.web_port, timeout=60, proc=proc), log_path.read_text()[-3000:]

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from models.demo import FEATURE_NAMES, sample_events
 from models.onnx_scorer import OnnxScorer
 from schemas.codecs import decode_dead_letter
-from streams.broker import EmbeddedBroker
-from streams.cli import app as cli_app
+from streams.cli.main import app as cli_app
+from streams.cli.produce import bad_avro_payloads, bad_payloads, encode_events
+from streams.kafka.broker import EmbeddedBroker
 from streams.metrics import observe_many
-from streams.pipeline import InboundMessage, ScoringPipeline
-from streams.producer import bad_avro_payloads, bad_payloads, encode_events
+from streams.scoring.pipeline import InboundMessage, ScoringPipeline
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,384 @@
+"""The archiver beside scoring: every input record and every prediction into sealed, immutable segments.
+
+    input topics + predictions ──▶ [archive lane, group <app_id>-archive] ──▶ datastore.archive.Archive
+                                                                                  │ seal (size / age / stop)
+                                  commit offsets of sealed records only ◀─────────┘
+
+Its own consumer group, like the drift lane (streams/drift/lane.py): archiving must not share the scoring
+group's commits, and it runs the same under both engines. A confluent-kafka consumer on a thread; by
+default (``STREAMSCORE_ARCHIVE_MODE=process``) the worker runs that thread in a child process
+(``python -m streams.archive.lane``) that it supervises: fastavro encoding every record costs as much
+Python as scoring it, and inside the worker it held the GIL against scoring (faust engine 6.5 s → 11.2 s
+for a 50k backlog, measured; docs/data_versioning.md). ``thread`` keeps it in the worker process.
+
+Delivery: ``enable.auto.commit`` is off and an offset is committed only once every record below it is in
+a sealed segment (file fsynced, published atomically, manifest written). A ``kill -9`` therefore loses only
+unsealed, uncommitted records, which the group reads again after the restart; records sealed but not yet
+committed are recognised by their offsets and not written twice (``Archive.add``). Every worker runs
+one; they share ``data_dir`` (same host or a shared volume), each writing the partitions it is assigned.
+
+>>> from streams.settings import Settings
+>>> s = Settings(input_topics={"features": "json", "features-avro": "avro"}, prediction_topic="predictions")
+>>> {t: (spec.kind, spec.wire_format) for t, spec in archive_topics(s).items()}
+{'features': ('event', 'json'), 'features-avro': ('event', 'avro'), 'predictions': ('prediction', 'json')}
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import faust
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from faust.types import AppT
+from mode import Service
+from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from datastore.archive import Archive, TopicSpec
+from datastore.canonical import SourceRecord
+from datastore.catalog import recover
+from datastore.manifest import SegmentManifest
+from datastore.retention import apply_retention, compact
+from datastore.storage import Storage, open_storage
+from streams.background import BackgroundThread
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ARCHIVED = Counter("streamscore_archive_records_total", "Records written to archive segments", ["topic"])
+SEALED = Counter("streamscore_archive_segments_sealed_total", "Segments sealed, by reason", ["reason"])
+SEALED_BYTES = Counter("streamscore_archive_sealed_bytes_total", "Bytes of sealed segment files")
+OPEN = Gauge("streamscore_archive_open_records", "Records in unsealed segments (consumed, not yet committed)")
+
+Position = tuple[str, int, int]  # the token the Archive hands back: (topic, partition, offset)
+
+
+def archive_topics(settings: Settings) -> dict[str, TopicSpec]:
+    """What the archiver reads: every input topic (decoded with its wire format), the prediction topic, and the
+    labels topic when an online learner is configured."""
+    topics = {t: TopicSpec("event", fmt) for t, fmt in settings.input_topics.items()}
+    topics[settings.prediction_topic] = TopicSpec("prediction", "json")
+    if settings.learner is not None:  # what River snapshots learn from (lineage: streams/archive/lineage.py)
+        topics[settings.labels_topic] = TopicSpec("label", "json")
+    return topics
+
+
+def to_source(m: Message) -> SourceRecord:
+    ts_type, ts = m.timestamp()
+    headers = [(k, v) for k, v in (m.headers() or [])]
+    return SourceRecord(m.topic(), m.partition(), m.offset(), ts if ts_type != 0 else None, m.key(), m.value(),
+                        headers)
+
+
+class ArchiveLane(BackgroundThread):
+    """Consumes into an ``Archive`` on its own thread and commits what is sealed (see the module docstring)."""
+
+    poll_records = 1000
+    thread_name = "archive-lane"
+    stop_timeout_s = 30.0  # sealing the open segments on the way out takes a moment
+
+    def __init__(self, settings: Settings, storage: Storage) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.group_id = f"{settings.app_id}-archive"
+        self.topics = archive_topics(settings)
+        self.archive: Archive[Position] = Archive(
+            storage, self.topics, settings.archive_segment_records, settings.archive_segment_seconds,
+            codec=settings.archive_codec, writer=f"{settings.app_id}-{settings.worker_name}",
+            max_payload_bytes=settings.max_payload_bytes, on_sealed=self._sealed)
+        self.assigned = threading.Event()
+        self.committed: dict[tuple[str, int], int] = {}  # next offset committed per partition
+        self._ready: dict[tuple[str, int], int] = {}  # next offset that may be committed
+        self._last_commit = time.monotonic()
+        self.error: BaseException | None = None
+        super().__init__()
+
+    def _target(self) -> None:
+        self._run_guarded()
+
+    def _run_guarded(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # surfaced on /archive and in the log; the worker keeps scoring
+            self.error = exc
+            log.exception("archive lane stopped")
+
+    def run(self) -> None:
+        consumer = Consumer({**self.settings.group_consumer_config(self.group_id),
+                             "fetch.wait.max.ms": self.settings.background_fetch_wait_ms})
+        consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        try:
+            while not self.stopping.is_set():
+                messages = consumer.consume(self.poll_records, 0.1)
+                items = []
+                for m in messages:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("archive lane consume error: %s", err)
+                        continue
+                    items.append((to_source(m), (m.topic(), m.partition(), m.offset())))
+                if items:
+                    self._ackable(self.archive.add(items))
+                    for topic, n in collections.Counter(rec.topic for rec, _ in items).items():
+                        ARCHIVED.labels(topic).inc(n)
+                self._ackable(self.archive.seal_due())
+                OPEN.set(self.archive.open_records)
+                self._commit(consumer)
+        finally:
+            # Graceful stop: seal what is open so it is committed now, not consumed and written again.
+            self._ackable(self.archive.seal_all("flush"))
+            self._commit(consumer, force=True)
+            consumer.close()
+            self.archive.close()
+            OPEN.set(0)
+
+    def _ackable(self, positions: list[Position]) -> None:
+        for topic, partition, offset in positions:
+            tp = (topic, partition)
+            if offset + 1 > self._ready.get(tp, -1):
+                self._ready[tp] = offset + 1
+
+    def _commit(self, consumer: Consumer, force: bool = False) -> None:
+        due = force or time.monotonic() - self._last_commit >= self.settings.commit_interval_s
+        if not due:
+            return
+        offsets = []
+        for (topic, partition), nxt in self._ready.items():
+            # Never commit past the first record of an unsealed segment of the same partition.
+            first_open = self.archive.open_first_offset(topic, partition)
+            if first_open is not None:
+                nxt = min(nxt, first_open)
+            if nxt > self.committed.get((topic, partition), -1):
+                offsets.append(TopicPartition(topic, partition, nxt))
+        if offsets:
+            consumer.commit(offsets=offsets, asynchronous=not force)
+            for o in offsets:
+                self.committed[(o.topic, o.partition)] = o.offset
+        self._last_commit = time.monotonic()
+
+    def _sealed(self, manifest: SegmentManifest) -> None:
+        SEALED.labels(manifest.sealed_by).inc()
+        SEALED_BYTES.inc(manifest.bytes)
+        log.debug("sealed %s (%d records, %s)", manifest.key, manifest.record_count, manifest.sealed_by)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("archive lane assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        self.assigned.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Seal and commit what we hold before another member takes these partitions over.
+        self._ackable(self.archive.seal_all("flush"))
+        self._commit(consumer, force=True)
+        log.info("archive lane revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+
+def housekeeping(storage: Storage, s: Settings) -> None:
+    """Retention, then compaction, as configured (each takes the store lock)."""
+    if s.data_retention_max_age_s is not None or s.data_retention_max_bytes is not None:
+        r = apply_retention(storage, s.data_retention_max_age_s, s.data_retention_max_bytes)
+        if r.deleted:
+            log.info("retention deleted %d segments (%d bytes)", len(r.deleted), r.deleted_bytes)
+    if s.archive_compact_below_records is not None:
+        c = compact(storage, s.archive_compact_below_records, s.archive_segment_records)
+        if c.merged:
+            log.info("compaction merged %d segments into %d", len(c.replaced), len(c.merged))
+
+
+class ArchiveService(Service):
+    """Recovers the store, runs the lane, applies retention now and then; seals and commits on stop."""
+
+    retention_every_s = 300.0
+
+    def __init__(self, settings: Settings, storage: Storage, **kwargs: object) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.lane: ArchiveLane | None = None
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        report = await self.loop.run_in_executor(None, recover, self.storage)
+        self.recovery = report
+        self.lane = ArchiveLane(self.settings, self.storage)
+        self.lane.start()
+
+    @Service.task
+    async def _retention(self) -> None:
+        s = self.settings
+        if s.data_retention_max_age_s is None and s.data_retention_max_bytes is None \
+                and s.archive_compact_below_records is None:
+            return
+        while not self.should_stop:
+            await self.sleep(self.retention_every_s)
+            await self.loop.run_in_executor(None, housekeeping, self.storage, s)
+
+    def status(self) -> dict[str, object]:
+        lane = self.lane
+        if lane is None:
+            return {"started": False}
+        return {
+            "group": lane.group_id,
+            "assigned": lane.assigned.is_set(),
+            "data_dir": str(self.settings.data_path),
+            "open_records": lane.archive.open_records,
+            "committed": {f"{t}[{p}]": o for (t, p), o in sorted(lane.committed.items())},
+            "error": repr(lane.error) if lane.error else None,
+            **lane.archive.stats,
+        }
+
+    async def on_stop(self) -> None:
+        if self.lane is not None:
+            await self.loop.run_in_executor(None, self.lane.stop)
+
+
+def run_archiver(settings: Settings) -> int:
+    """Run the archive lane in the foreground until SIGTERM/SIGINT; seal and commit on the way out.
+
+    The body of ``python -m streams.archive.lane`` (the worker's child) and ``streamscore data archiver``.
+    """
+    storage = open_storage(settings.data_path, settings.data_store_url)
+    recover(storage)
+    lane = ArchiveLane(settings, storage)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: lane.stopping.set())
+    log.info("archiving %s into %s (group %s)", ", ".join(archive_topics(settings)), settings.data_path,
+             lane.group_id)
+    lane._run_guarded()  # returns once stopping is set, after sealing and committing (or on an error)
+    log.info("archiver stopped: %s", lane.archive.stats)
+    return 1 if lane.error is not None else 0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the worker dies (Linux), as a container's processes die together."""
+    # (the spawning thread is the event loop's, which lives as long as the worker)
+    with contextlib.suppress(OSError):  # no libc: an orphaned archiver still seals and commits on SIGTERM
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ChildMetrics(Collector):
+    """Re-exports the archiver child's ``streamscore_archive_*`` metrics through the worker's registry.
+
+    The child serves them on 127.0.0.1 only; a scrape of the worker reads them (1 s timeout) so
+    Prometheus keeps one target per worker. While the child is down its series are simply absent.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=1) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return
+        for family in text_string_to_metric_families(text):
+            if family.name.startswith("streamscore_archive_"):
+                yield family
+
+
+class ArchiverProcess(Service):
+    """Runs ``python -m streams.archive.lane`` beside the worker, restarts it if it dies, stops it gracefully."""
+
+    restart_delay_s = 2.0
+
+    def __init__(self, settings: Settings, **kwargs: object) -> None:
+        self.settings = settings
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        super().__init__(**kwargs)
+
+    def _spawn(self) -> None:
+        env = {**os.environ, **self.settings.as_env()}
+        # stdout/stderr are the worker's: the child's log lines land in the worker's log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.archive.lane", "--metrics-port", str(self.metrics.port)], env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        log.info("archiver process started (pid %d)", self.proc.pid)
+
+    async def on_start(self) -> None:
+        self.metrics = ChildMetrics(_free_port())
+        REGISTRY.register(self.metrics)  # the worker's /metrics shows the child's streamscore_archive_* series
+        self._spawn()
+
+    @Service.task
+    async def _supervise(self) -> None:
+        while not self.should_stop:
+            await self.sleep(1.0)
+            proc = self.proc
+            if proc is not None and proc.poll() is not None and not self.should_stop:
+                log.error("archiver process %d exited with %s; restarting in %.0f s", proc.pid, proc.returncode,
+                          self.restart_delay_s)
+                await self.sleep(self.restart_delay_s)
+                if not self.should_stop:
+                    self.restarts += 1
+                    self._spawn()
+
+    def status(self) -> dict[str, object]:
+        proc = self.proc
+        return {"mode": "process", "pid": proc.pid if proc else None,
+                "alive": proc is not None and proc.poll() is None, "restarts": self.restarts,
+                "data_dir": str(self.settings.data_path), "group": f"{self.settings.app_id}-archive"}
+
+    async def on_stop(self) -> None:
+        REGISTRY.unregister(self.metrics)
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # it seals its open segments and commits them
+        try:
+            await self.loop.run_in_executor(None, proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            log.error("archiver process %d did not stop in 60 s; killing it (its open segments are re-read "
+                      "after the restart)", proc.pid)
+            proc.kill()
+
+
+def register_archiver(app: AppT, settings: Settings) -> ArchiveService | ArchiverProcess | None:
+    """Wire the archiver into the app (either engine); None when ``STREAMSCORE_ARCHIVE=false``."""
+    if not settings.archive:
+        log.info("archiving off (STREAMSCORE_ARCHIVE=false)")
+        return None
+    storage = open_storage(settings.data_path, settings.data_store_url)  # an s3:// URL stops the worker here
+    service = ArchiveService(settings, storage) if settings.archive_mode == "thread" else ArchiverProcess(settings)
+
+    @app.page("/archive")
+    async def archive_status(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+        return web.json(service.status())
+
+    app.service(service)
+    log.info("archiving %s into %s (segments of %d records or %.0f s, codec %s, in a %s)",
+             ", ".join(archive_topics(settings)), settings.data_path, settings.archive_segment_records,
+             settings.archive_segment_seconds, settings.archive_codec, settings.archive_mode)
+    return service
+
+
+if __name__ == "__main__":  # the worker's archiver child process (ArchiverProcess)
+    parser = argparse.ArgumentParser(prog="python -m streams.archive.lane", description="The worker's archiver "
+                                     "child process (settings from STREAMSCORE_*); see `streamscore data archiver`.")
+    parser.add_argument("--metrics-port", type=int, help="Serve this process's metrics on 127.0.0.1:PORT.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr="127.0.0.1")
+    raise SystemExit(run_archiver(Settings()))

@@ -1,0 +1,179 @@
+"""`make bench`: end-to-end throughput and latency, next to raw baselines measured in the same run.
+
+These 2-core machines are noisy, so absolute numbers mean little alone; the ratios against
+raw onnxruntime and a raw confluent-kafka consume->produce loop, measured minutes apart on the
+same broker, are what to compare across runs.
+
+Throughput of a worker is taken from the predictions themselves (first to last ``scored_at``
+over a pre-loaded backlog), so group-join time is excluded. Latency is measured separately at a
+paced rate (event time -> prediction's broker timestamp), since a backlog only measures queueing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+from confluent_kafka import Consumer, Producer
+from rich.console import Console
+from rich.table import Table
+
+from models.demo import sample_events
+from models.onnx_scorer import OnnxScorer
+from streams.cli.demo import start_worker, stop_worker, wait_ready
+from streams.cli.produce import encode_events, produce, stamped_now
+from streams.kafka.broker import ensure_broker
+from streams.kafka.reader import read_all, wait_for
+from streams.kafka.topics import ensure_topics
+from streams.settings import Settings
+
+
+def raw_onnx(settings: Settings, X: np.ndarray, batch: int = 256) -> float:
+    """Rows/s of a bare InferenceSession on the same model and batch size (1 thread, like the worker)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(settings.model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    started = time.perf_counter()
+    for i in range(0, len(X), batch):
+        session.run(None, {name: X[i:i + batch]})
+    return len(X) / (time.perf_counter() - started)
+
+
+def raw_kafka_loop(settings: Settings, topic: str, n: int) -> float:
+    """Events/s of a bare confluent-kafka loop: consume, produce one output each, commit after delivery."""
+    out = f"{topic}-raw-out"
+    ensure_topics(settings, [out])
+    conf = settings.kafka_client_config()
+    consumer = Consumer(settings.group_consumer_config(f"raw-{uuid.uuid4().hex[:8]}"))
+    producer = Producer({**conf, "linger.ms": 2, "acks": "all", "enable.idempotence": settings.producer_idempotence,
+                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
+    consumer.subscribe([topic])
+    done, started, last_commit = 0, None, time.monotonic()
+    while done < n:
+        messages = consumer.consume(settings.batch_size, 0.005)
+        if messages and started is None:
+            started = time.perf_counter()
+        for m in messages:
+            if m.error() is None:
+                producer.produce(out, m.value(), m.key())
+                done += 1
+        producer.poll(0)
+        if time.monotonic() - last_commit >= settings.commit_interval_s:
+            producer.flush()
+            consumer.commit(asynchronous=True)
+            last_commit = time.monotonic()
+    producer.flush()
+    consumer.commit(asynchronous=False)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return n / elapsed
+
+
+def worker_run(settings: Settings, engine: str, topic: str, n: int, console: Console, paced_rate: int,
+               **overrides: object) -> dict:
+    """Throughput over a backlog of ``n`` events, then latency at ``paced_rate`` events/s."""
+    run = uuid.uuid4().hex[:6]
+    seed = int(time.time())
+    pred, dlq, port = f"bench-pred-{run}", f"bench-dlq-{run}", 6100 + int(run, 16) % 800
+    ensure_topics(settings, [pred, dlq])
+    worker_settings = settings.model_copy(update={
+        "engine": engine, "app_id": f"bench-{engine}-{run}", "input_topics": {topic: "json"},
+        "prediction_topic": pred, "dead_letter_topic": dlq, "web_port": port,
+        "data_dir": settings.state_dir / f"bench-data-{run}", **overrides})
+    log_path = settings.state_dir / f"bench-{engine}.log"
+    worker = start_worker(worker_settings, log_path)
+    try:
+        if not wait_ready(port, 90, proc=worker):
+            raise RuntimeError(f"{engine} worker not ready; see {log_path}")
+        with console.status(f"{engine}: scoring a backlog of {n} events"):
+            # watch the worker's own counter: reading the output topic meanwhile would steal CPU
+            deadline = time.monotonic() + 600
+            while predictions_total(port) < n and time.monotonic() < deadline:
+                time.sleep(0.25)
+        rows = [orjson.loads(m.value()) for m in read_all(settings, pred)]
+        scored_at = np.array([r["scored_at"] for r in rows])
+        throughput = len(rows) / max(1e-3, (scored_at.max() - scored_at.min()) / 1000)
+        # latency: a paced load with fresh event times, measured to the prediction's broker timestamp;
+        # the first second warms up an idle consumer (its first fetches take ~0.5 s) and is not counted
+        warm_up, measured = sample_events(seed, paced_rate), sample_events(seed + 1, paced_rate * 5)
+        ids = {e["event_id"] for e in measured}
+        total = n + len(warm_up) + len(measured)
+        with console.status(f"{engine}: latency at {paced_rate} events/s"):
+            produce(settings, topic, encode_events(stamped_now(warm_up + measured)), rate=paced_rate)
+            msgs = wait_for(settings, pred, lambda ms: len(ms) >= total, timeout=120)
+        lat = [m.timestamp()[1] - row["event_time"] for m in msgs[n:]
+               if (row := orjson.loads(m.value()))["event_id"] in ids]
+    finally:
+        stop_worker(worker)
+    return {"throughput": throughput, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "count": len(rows)}
+
+
+def predictions_total(port: int) -> float:
+    """Sum of streamscore_predictions_total scraped from a worker's /metrics."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        text = resp.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "streamscore_predictions" for sample in family.samples
+               if sample.name == "streamscore_predictions_total")
+
+
+def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 2000) -> None:
+    ensure_broker(settings)
+    from streams.cli.common import ensure_demo_model
+
+    ensure_demo_model(settings)
+    scorer = OnnxScorer.from_dir(settings.model_dir)
+    events = sample_events(12345, n)
+    X = np.array([[e["features"][f] for f in scorer.feature_names] for e in events], dtype=np.float32)
+    console.print(f"benchmark: {n} events, model {scorer.name}@{scorer.version}, batch {settings.batch_size}")
+
+    onnx_rate = raw_onnx(settings, X)
+    results: dict[str, dict] = {}
+    kafka_rates = []
+    # The default worker also runs the drift lane and the archiver (a child process), each reading every
+    # input; the last run shows scoring alone, so their cost is visible.
+    runs = {"engine=batch": ("batch", {}), "engine=faust": ("faust", {}),
+            "engine=batch, scoring only (drift, archive off)": ("batch", {"drift_window": 0, "archive": False})}
+    for label, (engine, overrides) in runs.items():
+        topic = f"bench-in-{engine}-{uuid.uuid4().hex[:6]}"
+        ensure_topics(settings, [topic])
+        with console.status(f"loading {n} events into {topic}"):
+            t = time.perf_counter()
+            produce(settings, topic, encode_events(events))
+            produce_rate = n / (time.perf_counter() - t)
+        with console.status("raw confluent-kafka consume->produce loop"):
+            kafka_rates.append(raw_kafka_loop(settings, topic, n))
+        results[label] = worker_run(settings, engine, topic, n, console, paced_rate, **overrides)
+    raw_kafka = float(np.mean(kafka_rates))
+
+    table = Table(title=f"streamscore bench ({n} events, 2-core box; ratios are the comparable figures)")
+    for col in ("path", "events/s", "ratio", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="right" if col != "path" else "left")
+    table.add_row("raw onnxruntime (batch 256, 1 thread)", f"{onnx_rate:,.0f}", "", "", "")
+    table.add_row("raw confluent-kafka consume→produce", f"{raw_kafka:,.0f}", "1.00", "", "")
+    table.add_row("producer (load the backlog)", f"{produce_rate:,.0f}", "", "", "")
+    for engine, r in results.items():
+        table.add_row(
+            f"streamscore worker, {engine}", f"{r['throughput']:,.0f}", f"{r['throughput'] / raw_kafka:.2f}",
+            f"{r['p50']:.1f}", f"{r['p99']:.1f}")
+    from online_learning.bench import bench_learners
+
+    with console.status("River learners, in process (prequential predict-then-learn)"):
+        learner_rows = bench_learners(min(n, 50_000))
+    for row in learner_rows:
+        table.add_row(f"River {row['learner']} ({row['mode']}, batch {row['batch']}, no Kafka)",
+                      f"{row['events_per_s']:,.0f}", f"{row['events_per_s'] / onnx_rate:.2f}*", "", "")
+    console.print(table)
+    console.print("* River rows: ratio to raw onnxruntime rows/s.")
+    console.print(f"ratio = events/s ÷ raw Kafka loop; scoring cost share of the batch lane: "
+                  f"{results['engine=batch']['throughput'] / onnx_rate:.2f} of raw ONNX rows/s; "
+                  f"latency at {paced_rate} events/s paced load, event time → prediction on the broker.")

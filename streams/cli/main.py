@@ -1,0 +1,156 @@
+"""The `streamscore` command line.
+
+Settings come from STREAMSCORE_* environment variables (see streams/settings.py); options given here
+override them for one call.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streams.cli.broker import broker_app
+from streams.cli.common import console, ensure_demo_model, progress_bar, render, settings
+from streams.cli.data import data_app, lineage, replay
+from streams.cli.drift import drift_app
+from streams.cli.learners import learners_app
+from streams.cli.models import models_app
+
+app = typer.Typer(help="Kafka-native streaming inference: score event streams with ONNX and River models.",
+                  no_args_is_help=True, add_completion=False)
+app.add_typer(broker_app, name="broker")
+
+
+@app.command("train-demo")
+def train_demo(
+    out: Annotated[Path, typer.Option(help="Model directory to write.")] = Path("artifacts/models/demo-risk/1"),
+    seed: int = 7,
+    n: Annotated[int, typer.Option(help="Rows of synthetic training data.")] = 20000,
+) -> None:
+    """Train the demo transaction-risk model (sklearn GBT) and export it to ONNX with a model card."""
+    from models.train_demo import train_demo_model
+
+    with console.status("training demo model"):
+        card = train_demo_model(out, seed=seed, n=n)
+    console.print(f"[green]✓[/] {card.name}@{card.version} -> {out}  "
+                  f"ROC AUC {card.metrics['roc_auc']:.3f}  sha256 {card.onnx_sha256[:12]}")
+
+
+# --- produce -----------------------------------------------------------------------------------
+@app.command()
+def produce(
+    count: Annotated[int, typer.Option("--count", "-n", help="Sample events to produce.")] = 1000,
+    topic: Annotated[str, typer.Option(help="Input topic.")] = "features",
+    fmt: Annotated[str, typer.Option("--format", help="json or avro (Confluent framing).")] = "json",
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0.0,
+    file: Annotated[Path | None, typer.Option(help="JSON-lines file of events instead of samples.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample generator.")] = 1,
+    bad: Annotated[bool, typer.Option(help="Also send one bad input of each kind.")] = False,
+) -> None:
+    """Produce feature events (synthetic samples or a file) keyed by event id, with a progress bar."""
+    from models.demo import FEATURE_NAMES, sample_events
+    from streams.cli.produce import bad_payloads, encode_events, read_jsonl
+    from streams.cli.produce import produce as produce_payloads
+    from streams.kafka.broker import ensure_broker
+    from streams.kafka.topics import ensure_topics
+
+    s = settings()
+    ensure_broker(s)
+    ensure_topics(s, [topic])
+    events = list(read_jsonl(file)) if file else sample_events(seed, count)
+    payloads = list(encode_events(events, fmt))
+    if bad:
+        payloads += [payload for _, payload in bad_payloads(FEATURE_NAMES)]
+        random.Random(seed).shuffle(payloads)
+    with progress_bar() as bar:
+        task = bar.add_task(f"producing to {topic}", total=len(payloads))
+        sent = produce_payloads(s, topic, payloads, rate=rate, on_progress=lambda k: bar.advance(task, k))
+    console.print(f"[green]✓[/] {sent} events delivered to {topic}")
+
+
+# --- worker ------------------------------------------------------------------------------------
+@app.command()
+def worker(
+    engine: Annotated[str | None, typer.Option(help="faust (agents) or batch (confluent-kafka lane).")] = None,
+    loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug.")] = "info",
+    web_port: Annotated[int | None, typer.Option(help="Port for /metrics, /healthz, /readyz.")] = None,
+) -> None:
+    """Run a scoring worker until Ctrl-C: consume, validate, score, publish predictions and dead letters."""
+    from streams.worker.app import run_worker
+
+    s = settings(engine=engine, web_port=web_port)
+    ensure_demo_model(s)
+    run_worker(s, loglevel=loglevel)
+
+
+# --- tail --------------------------------------------------------------------------------------
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to read, e.g. predictions or dead-letter.")],
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f", help="Keep reading new messages.")] = True,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning/--latest")] = True,
+    limit: Annotated[int, typer.Option(help="Stop after this many messages (0 = no limit).")] = 0,
+    raw: Annotated[bool, typer.Option(help="Print the raw JSON value.")] = False,
+) -> None:
+    """Print a topic's messages readably (predictions, dead letters, anything JSON); follows by default."""
+    from streams.kafka.reader import follow as follow_topic
+
+    s = settings()
+    shown = 0
+    try:
+        for msg in follow_topic(s, topic, from_beginning=from_beginning, stop_at_end=not follow):
+            console.print(msg.value().decode(errors="replace") if raw else render(topic, msg), markup=not raw,
+                          highlight=False, soft_wrap=True)
+            shown += 1
+            if limit and shown >= limit:
+                break
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        pass
+
+
+# --- demo & bench ------------------------------------------------------------------------------
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="Sample events to score.")] = 2000,
+    engine: Annotated[str, typer.Option(help="faust or batch.")] = "faust",
+    drift_events: Annotated[int, typer.Option(help="Shifted events sent after scoring, until the drift monitor "
+                                              "alerts (0: skip the drift part).")] = 1000,
+) -> None:
+    """Broker + model + worker + producer: score sample events, show predictions, dead letters and drift."""
+    from streams.cli.demo import run_demo
+
+    sys.exit(run_demo(settings(engine=engine), events, console, drift_events))
+
+
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(help="Events per measured run.")] = 100_000,
+    quick: Annotated[bool, typer.Option(help="Smaller runs, for a smoke check.")] = False,
+) -> None:
+    """Measure end-to-end throughput and latency against raw confluent-kafka and raw onnxruntime."""
+    from streams.cli.bench import run_bench
+
+    run_bench(settings(), 20_000 if quick else events, console)
+
+
+app.add_typer(learners_app, name="learners")  # online learning: list|show|rollback snapshots
+app.add_typer(drift_app, name="drift")  # drift monitoring: report (HTML), status
+app.add_typer(models_app, name="models")  # model registry: versions, aliases, routing, diff
+app.add_typer(data_app, name="data")  # data versioning
+app.command("lineage")(lineage)
+app.command("replay")(replay)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

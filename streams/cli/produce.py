@@ -1,0 +1,127 @@
+"""Producing feature events: demo samples, files, and a catalogue of bad inputs.
+
+Every event is keyed by its event id, the convention on every topic of the flow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import orjson
+
+from schemas.codecs import encode_feature_event
+from schemas.records import FeatureEvent
+from streams.kafka.publisher import Outbound, Publisher
+from streams.settings import Settings
+
+KeyedPayload = tuple[bytes | None, bytes]
+
+
+def encode_events(events: Iterable[dict], fmt: str = "json") -> Iterator[KeyedPayload]:
+    for event in events:
+        key = str(event["event_id"]).encode()
+        if fmt == "json":
+            yield key, orjson.dumps(event)
+        else:
+            yield key, encode_feature_event(FeatureEvent.model_validate(event), "avro")
+
+
+def stamped_now(events: Iterable[dict]) -> Iterator[dict]:
+    """Events with ``event_time`` set as each is produced, so latency starts at the producer."""
+    for event in events:
+        yield {**event, "event_time": time.time_ns() // 1_000_000}
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+def bad_payloads(feature_names: Iterable[str], tag: str = "0") -> list[tuple[str, KeyedPayload]]:
+    """One bad input of each kind for a JSON topic, labelled with the dead-letter reason it must get.
+
+    Keys are ``bad-<tag>-<n>``, so runs with different tags can be told apart on a shared topic.
+    """
+    names = list(feature_names)
+    good = {name: 1.0 for name in names}
+
+    def key(i: int) -> bytes:
+        return f"bad-{tag}-{i}".encode()
+
+    def event(i: int, **overrides: object) -> bytes:
+        base = {"event_id": key(i).decode(), "entity_id": "acct-bad", "event_time": int(time.time() * 1000),
+                "schema_version": 1, "features": dict(good)}
+        base.update(overrides)
+        return orjson.dumps({k: v for k, v in base.items() if v is not _DROP})
+
+    missing = {k: v for k, v in good.items() if k != names[0]}
+    return [
+        ("not_json", (key(0), b"this is not json")),
+        ("schema_violation", (key(1), event(1, entity_id=_DROP))),
+        ("wrong_type", (key(2), event(2, features={**good, names[1]: "high"}))),
+        ("non_finite", (key(3), event(3, features={**good, names[2]: "NaN"}))),
+        ("oversized", (key(4), event(4, metadata={"blob": "x" * 70_000}))),
+        ("unknown_schema_version", (key(5), event(5, schema_version=99))),
+        ("missing_feature", (key(6), event(6, features=missing))),
+        ("extra_feature", (key(7), event(7, features={**good, "surprise": 1.0}))),
+        ("empty", (key(8), b"")),
+    ]
+
+
+def bad_avro_payloads(feature_names: Iterable[str], tag: str = "0") -> list[tuple[str, KeyedPayload]]:
+    """Bad inputs for an Avro topic (Confluent framing), labelled with their dead-letter reason."""
+    good = {name: 1.0 for name in feature_names}
+    event = FeatureEvent(event_id=f"bad-{tag}-avro", entity_id="acct-bad", event_time=int(time.time() * 1000),
+                         schema_version=1, features=good)
+    framed = encode_feature_event(event, "avro")
+    return [
+        ("bad_avro", (f"bad-{tag}-a0".encode(), framed[:5] + b"\xff\xff\xff")),
+        ("unknown_schema_id", (f"bad-{tag}-a1".encode(), b"\x00\x00\x00\x03\xe7" + framed[5:])),
+        ("bad_avro", (f"bad-{tag}-a2".encode(), b'{"event_id": "json-on-an-avro-topic"}')),
+    ]
+
+
+_DROP = object()  # marks a field to leave out of a bad event
+
+
+def produce(
+    settings: Settings,
+    topic: str,
+    payloads: Iterable[KeyedPayload],
+    rate: float = 0.0,
+    on_progress: Callable[[int], None] | None = None,
+    chunk: int = 1000,
+) -> int:
+    """Produce keyed payloads (optionally at ``rate`` events/s) and wait until all are delivered."""
+    publisher = Publisher(settings, **{"linger.ms": 5})
+    publisher.connect(topic)  # so a paced stream is not held up behind the first metadata request
+    sent, started, buffer = 0, time.monotonic(), []
+    deliveries = []
+
+    def flush_chunk() -> None:
+        nonlocal sent
+        deliveries.append(publisher.send_batch(buffer))
+        sent += len(buffer)
+        if on_progress:
+            on_progress(len(buffer))
+        buffer.clear()
+
+    step = max(1, min(chunk, int(rate / 20) if rate else chunk))  # ~20 paced sends a second
+    for key, value in payloads:
+        buffer.append(Outbound(topic, key, value))
+        if len(buffer) >= step:
+            flush_chunk()
+            if rate:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+    if buffer:
+        flush_chunk()
+    publisher.close()
+    for delivery in deliveries:
+        delivery.raise_for_errors()
+    return sent

@@ -1,0 +1,162 @@
+"""The Faust app of a streamscore worker: wiring only, each piece lives in its own module.
+
+    input topics ──▶ [score agent | batch lane] ──▶ predictions
+                              │
+                              └──────────────────▶ dead-letter
+
+The worker also serves /metrics (Prometheus), /healthz and /readyz on ``web_port``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import faust
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from models.onnx_scorer import OnnxScorer
+from models.scorer import Scorer
+from streams.archive.lane import register_archiver
+from streams.drift.lane import register_drift_monitor
+from streams.engines.batch import BatchLane
+from streams.engines.faust_agent import register_scoring_agent
+from streams.kafka.faust_transport import StreamscoreApp
+from streams.kafka.publisher import Publisher
+from streams.learning.lane import register_learning
+from streams.routing.watcher import register_registry
+from streams.scoring.pipeline import ScoringPipeline
+from streams.settings import Settings
+from streams.worker.lag import register_lag_monitor
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Holds the Faust app and the objects its agents share."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.scorer = OnnxScorer.from_dir(settings.model_dir)
+        self.pipeline = ScoringPipeline(settings, self.scorer)
+        self.publisher = Publisher(settings)
+        self.started_at = time.time()
+        self.app = StreamscoreApp(
+            settings.app_id,
+            fetch_max_wait_ms=settings.fetch_wait_ms,
+            broker=settings.faust_broker_url,
+            broker_credentials=_faust_credentials(settings),
+            store="memory://",
+            datadir=str(settings.state_dir / "faust"),
+            processing_guarantee="at_least_once",
+            broker_session_timeout=settings.session_timeout_ms / 1000,
+            broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
+            broker_rebalance_timeout=settings.session_timeout_ms / 1000,
+            broker_commit_interval=settings.commit_interval_s,
+            consumer_auto_offset_reset="earliest",
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            web_port=settings.web_port,
+            web_bind="0.0.0.0",
+            web_in_thread=False,
+        )
+        self.lane: BatchLane | None = None
+        if settings.engine == "faust":
+            register_scoring_agent(self.app, settings, self.pipeline, self.publisher)
+        else:
+            self.lane = BatchLane(settings, self.pipeline, self.publisher)
+        # Capabilities beside scoring: each receives the collaborators it needs, never the Worker.
+        app, features = self.app, self.scorer.feature_names
+        group = self.lane.group_id if self.lane is not None else settings.app_id
+        self.lag = register_lag_monitor(app, settings, group)  # lag gauge + broker reachability for /readyz
+        self.learning = register_learning(app, settings, features)  # River learners fed by the labels topic
+        self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion)
+        self.archiver = register_archiver(app, settings)  # inputs + predictions into sealed, versioned segments
+        self.registry = register_registry(app, settings, self.pipeline, features)  # versions, routing, hot swap
+        self.app.service(_Lifecycle(self))
+        self._register_pages()
+
+    def _served_champion(self) -> Scorer | None:
+        """The default route's first arm (the champion) once the registry routes scoring, else None."""
+        router = self.pipeline.router
+        return router.table.default.scorers[0] if router is not None else None
+
+    @property
+    def ready(self) -> bool:
+        if self.lane is not None:
+            return self.lane.assigned.is_set()
+        return bool(self.app.consumer.assignment()) if self.app.started else False
+
+    def _register_pages(self) -> None:
+        app, worker = self.app, self
+
+        @app.page("/metrics")
+        async def metrics(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+            return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+        @app.page("/healthz")
+        async def healthz(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+            return web.json({"status": "ok", "uptime_s": round(time.time() - worker.started_at, 1)})
+
+        @app.page("/readyz")
+        async def readyz(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+            assigned, broker = worker.ready, worker.lag.broker_reachable  # both cached: no I/O per probe
+            body = {
+                "ready": assigned and broker,
+                "partitions_assigned": assigned,
+                "broker_reachable": broker,
+                "broker_answered_s_ago": worker.lag.last_answer_age_s,
+                "engine": worker.settings.engine,
+                "model": f"{worker.scorer.name}@{worker.scorer.version}",
+            }
+            return web.json(body, status=200 if body["ready"] else 503)
+
+
+class _Lifecycle(Service):
+    """Starts the batch lane with the worker; on stop, flushes outputs before Faust's final commit."""
+
+    def __init__(self, worker: Worker, **kwargs: object) -> None:
+        self.worker = worker
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        scorer = self.worker.scorer  # logged here: Faust configures logging only once the worker starts
+        log.info("scoring with %s@%s sha256=%s (engine %s)", scorer.name, scorer.version, scorer.sha256[:12],
+                 self.worker.settings.engine)
+        if self.worker.lane is not None:
+            self.worker.lane.start()
+
+    async def on_stop(self) -> None:
+        if self.worker.lane is not None:
+            await self.loop.run_in_executor(None, self.worker.lane.stop)
+        await self.loop.run_in_executor(None, self.worker.publisher.close)
+
+
+def _faust_credentials(settings: Settings) -> faust.auth.Credentials | None:
+    """SASL/SSL for aiokafka (the Faust transport), mirroring ``Settings.kafka_client_config``."""
+    import ssl
+
+    proto = settings.security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+    if proto == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=settings.sasl_password,
+        mechanism=settings.sasl_mechanism or "PLAIN",
+        ssl_context=context if proto == "SASL_SSL" else None,
+    )
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run a worker in the foreground until SIGINT/SIGTERM (which stop it gracefully)."""
+    from streams.kafka.broker import ensure_broker
+    from streams.kafka.topics import ensure_topics
+
+    ensure_broker(settings)
+    ensure_topics(settings)
+    worker = Worker(settings)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
