@@ -41,7 +41,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import faust
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from faust.types import AppT
 from mode import Service
 from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
@@ -56,6 +56,7 @@ from datastore.manifest import SegmentManifest
 from datastore.retention import apply_retention, compact
 from datastore.storage import Storage, open_storage
 from streams.background import BackgroundThread
+from streams.kafka import clients
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -119,20 +120,12 @@ class ArchiveLane(BackgroundThread):
             log.exception("archive lane stopped")
 
     def run(self) -> None:
-        consumer = Consumer({**self.settings.group_consumer_config(self.group_id),
-                             "fetch.wait.max.ms": self.settings.background_fetch_wait_ms})
+        consumer = clients.consumer(self.settings, self.group_id, background=True)
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stopping.is_set():
-                messages = consumer.consume(self.poll_records, 0.1)
-                items = []
-                for m in messages:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("archive lane consume error: %s", err)
-                        continue
-                    items.append((to_source(m), (m.topic(), m.partition(), m.offset())))
+                messages = clients.records(consumer, self.poll_records, 0.1, where="archive lane")
+                items = [(to_source(m), (m.topic(), m.partition(), m.offset())) for m in messages]
                 if items:
                     self._ackable(self.archive.add(items))
                     for topic, n in collections.Counter(rec.topic for rec, _ in items).items():

@@ -17,7 +17,6 @@ import uuid
 import numpy as np
 import onnxruntime as ort
 import orjson
-from confluent_kafka import Consumer, Producer
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +24,7 @@ from models.demo import sample_events
 from models.onnx_scorer import OnnxScorer
 from streams.cli.demo import start_worker, stop_worker, wait_ready
 from streams.cli.produce import encode_events, produce, stamped_now
+from streams.kafka import clients
 from streams.kafka.broker import ensure_broker
 from streams.kafka.reader import read_all, wait_for
 from streams.kafka.topics import ensure_topics
@@ -47,10 +47,8 @@ def raw_kafka_loop(settings: Settings, topic: str, n: int) -> float:
     """Events/s of a bare confluent-kafka loop: consume, produce one output each, commit after delivery."""
     out = f"{topic}-raw-out"
     ensure_topics(settings, [out])
-    conf = settings.kafka_client_config()
-    consumer = Consumer(settings.group_consumer_config(f"raw-{uuid.uuid4().hex[:8]}"))
-    producer = Producer({**conf, "linger.ms": 2, "acks": "all", "enable.idempotence": settings.producer_idempotence,
-                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
+    consumer = clients.consumer(settings, f"raw-{uuid.uuid4().hex[:8]}")
+    producer = clients.producer(settings)
     consumer.subscribe([topic])
     done, started, last_commit = 0, None, time.monotonic()
     while done < n:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
-from confluent_kafka.admin import AdminClient
 
 from streams.cli.common import console, settings
+from streams.kafka import clients
 from streams.kafka.broker import EmbeddedBroker
 
 broker_app = typer.Typer(help="Run the embedded Kafka-protocol broker (Tansu, memory-only) on 127.0.0.1.",
@@ -33,7 +33,7 @@ def broker_status() -> None:
     status = EmbeddedBroker(s).status()
     console.print(status)
     if status.running:
-        topics = AdminClient(s.kafka_client_config()).list_topics(timeout=5).topics
+        topics = clients.admin(s).list_topics(timeout=5).topics
         for name, meta in sorted(topics.items()):
             console.print(f"  {name}  ({len(meta.partitions)} partitions)")
     else:

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.registry import CHAMPION, ModelRegistry, RegistryError, RegistryRecord, read_log
+from streams.kafka import clients
 from streams.settings import Settings
 
 models_app = typer.Typer(help="Model registry: versions, aliases, rollback, routing policies, diff.",
@@ -210,14 +211,17 @@ def sync() -> None:
 
 
 # --- diff --------------------------------------------------------------------------------------
+def _raise_kafka_error(err: object) -> None:
+    raise RuntimeError(f"reading the topic: {err}")
+
+
 def _events_from_topic(s: Settings, topic: str, last: int) -> list[dict]:
     """The ``last`` newest messages of ``topic`` (by Kafka timestamp), decoded; undecodable ones skipped."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     from schemas.codecs import InvalidEvent, decode_feature_event
 
-    consumer = Consumer({**s.kafka_client_config(), "group.id": "streamscore-diff", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
+    consumer = clients.standalone_consumer(s, "streamscore-diff")
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -231,11 +235,8 @@ def _events_from_topic(s: Settings, topic: str, last: int) -> list[dict]:
         consumer.assign(assignment)
         messages = []
         while remaining:
-            for m in consumer.consume(1000, 1.0):
-                if m.error() is None:
-                    messages.append(m)
-                else:
-                    remaining.discard(m.partition())
+            messages.extend(clients.records(consumer, 1000, 1.0, on_eof=lambda m: remaining.discard(m.partition()),
+                                            on_error=_raise_kafka_error))
     finally:
         consumer.close()
     messages.sort(key=lambda m: m.timestamp()[1])

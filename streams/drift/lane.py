@@ -39,7 +39,7 @@ from dataclasses import replace
 
 import faust
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Message
 from faust.types import AppT
 from mode import Service
 from prometheus_client import Gauge
@@ -55,6 +55,7 @@ from streams.drift.check import check_window, worst_status
 from streams.drift.concept import ConceptTracker
 from streams.drift.profile import PROFILE_FILENAME, ReferenceProfile
 from streams.drift.window import SlidingWindow, WindowSnapshot
+from streams.kafka import clients
 from streams.kafka.publisher import Outbound, Publisher
 from streams.settings import Settings
 
@@ -253,23 +254,15 @@ class DriftLane(BackgroundThread):
 
     def run(self) -> None:
         s = self.settings
-        consumer = Consumer({
-            **s.group_consumer_config(self.group_id),
-            "fetch.wait.max.ms": s.background_fetch_wait_ms,
-            # A new drift group starts at the beginning like the scoring groups; later it resumes from its
-            # commits. Reading history only fills the window: alerts are about what the window holds.
-            "enable.auto.commit": True,
-            "auto.commit.interval.ms": int(s.commit_interval_s * 1000),
-        })
+        # A new drift group starts at the beginning like the scoring groups; later it resumes from its
+        # commits. Reading history only fills the window: alerts are about what the window holds.
+        consumer = clients.consumer(s, self.group_id, background=True, **{
+            "enable.auto.commit": True, "auto.commit.interval.ms": int(s.commit_interval_s * 1000)})
         topics = list(s.input_topics) + ([s.labels_topic] if s.drift_concept else [])
         consumer.subscribe(topics, on_assign=lambda *_: self.assigned.set())
         try:
             while not self.stopping.is_set():
-                messages = consumer.consume(500, 0.1)
-                for m in messages:
-                    err = m.error()
-                    if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("drift lane consume error: %s", err)
+                messages = clients.records(consumer, 500, 0.1, where="drift lane")
                 if messages:
                     self.monitor.add_many(messages)
         finally:

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from schemas.drift import DriftRecord, DriftStatistic, decode
+from streams.kafka import clients
 from streams.settings import Settings
 
 __all__ = ["read_records", "record_from_input", "render_report", "write_report"]
@@ -46,7 +47,7 @@ def read_records(settings: Settings, limit: int = 500) -> list[DriftRecord]:
 
 def record_from_input(settings: Settings, n_events: int) -> DriftRecord:
     """Drift of the last ``n_events`` input messages (spread over all input partitions), computed here."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     from models.onnx_scorer import OnnxScorer
     from streams.drift.lane import DriftMonitor, load_reference
@@ -57,8 +58,7 @@ def record_from_input(settings: Settings, n_events: int) -> DriftRecord:
         raise ValueError(f"{settings.model_dir} has no reference profile")
     monitor = DriftMonitor(settings.model_copy(update={"drift_window": n_events}), scorer, *reference,
                            worker="streamscore drift report")
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": "streamscore-drift-report",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = clients.standalone_consumer(settings, "streamscore-drift-report")
     try:
         metadata = consumer.list_topics(timeout=10).topics
         partitions = [(t, p) for t in settings.input_topics if t in metadata for p in metadata[t].partitions]
@@ -73,13 +73,12 @@ def record_from_input(settings: Settings, n_events: int) -> DriftRecord:
                 remaining += high - max(low, high - share)
         consumer.assign(assignment)
         while remaining > 0:
-            batch = consumer.consume(1000, 1.0)
+            batch = clients.records(consumer, 1000, 1.0, where="drift report")
             if not batch:
                 break
             for m in batch:
-                if m.error() is None:
-                    monitor.add(m.topic(), m.partition(), m.offset(), m.value())
-                    remaining -= 1
+                monitor.add(m.topic(), m.partition(), m.offset(), m.value())
+                remaining -= 1
     finally:
         consumer.close()
     record, _ = monitor.evaluate(monitor.window.snapshot())

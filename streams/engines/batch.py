@@ -17,8 +17,9 @@ import threading
 import time
 from collections import deque
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from streams.kafka import clients
 from streams.kafka.publisher import Delivery, Publisher
 from streams.scoring.pipeline import InboundMessage, ScoringPipeline
 from streams.settings import Settings
@@ -55,12 +56,12 @@ class BatchLane:
 
     def run(self) -> None:
         s = self.settings
-        consumer = Consumer(s.group_consumer_config(self.group_id))
+        consumer = clients.consumer(s, self.group_id)
         consumer.subscribe(list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         within = s.batch_within_ms / 1000
         try:
             while not self.stopping.is_set():
-                messages = consumer.consume(s.batch_size, within)
+                messages = clients.records(consumer, s.batch_size, within, where=self.group_id)
                 if messages:
                     self._process(messages)
                 self._commit_acknowledged(consumer)
@@ -72,11 +73,6 @@ class BatchLane:
     def _process(self, messages: list) -> None:
         batch, offsets = [], {}
         for m in messages:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", err)
-                continue
             batch.append(InboundMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
                                         m.timestamp()[1], m.headers()))
             offsets[(m.topic(), m.partition())] = m.offset() + 1

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.kafka import clients
 from streams.settings import Settings
 
 
@@ -125,10 +126,8 @@ class EmbeddedBroker:
         raise BrokerError(f"broker did not become ready in {timeout}s; see {self.log_file}")
 
     def _answers_metadata(self) -> bool:
-        from confluent_kafka.admin import AdminClient
-
         try:
-            AdminClient({"bootstrap.servers": self.address}).list_topics(timeout=2)
+            clients.admin_at(self.address).list_topics(timeout=2)
         except Exception:
             return False
         return True

@@ -15,8 +15,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError
 
+from streams.kafka import clients
 from streams.settings import Settings
 
 Headers = list[tuple[str, bytes]]
@@ -80,17 +81,7 @@ class Publisher:
     """A confluent-kafka producer with a background poll thread serving delivery callbacks."""
 
     def __init__(self, settings: Settings, **overrides: str | int) -> None:
-        conf: dict[str, str | int] = {
-            **settings.kafka_client_config(),
-            "linger.ms": 2,  # latency-bounded batching: a few ms buys big produce batches
-            "acks": "all",
-            # retries inside librdkafka never duplicate or reorder (see Settings.idempotent_producer)
-            "enable.idempotence": settings.producer_idempotence,
-            "queue.buffering.max.messages": 500_000,
-            "compression.type": "lz4",
-            **overrides,
-        }
-        self._producer = Producer(conf)
+        self._producer = clients.producer(settings, **overrides)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="publisher-poll", daemon=True)
         self._poller.start()

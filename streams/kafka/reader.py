@@ -10,17 +10,12 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
 
+from streams.kafka import clients
 from streams.settings import Settings
 
 
 def _consumer(settings: Settings, topic: str, from_beginning: bool) -> tuple[Consumer, int]:
-    consumer = Consumer({
-        **settings.kafka_client_config(),
-        "group.id": "streamscore-reader",  # required by librdkafka; never joined nor committed
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "fetch.wait.max.ms": 50,
-    })
+    consumer = clients.standalone_consumer(settings, "streamscore-reader", **{"fetch.wait.max.ms": 50})
     meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
     if meta is None or meta.error is not None:
         consumer.close()
@@ -38,19 +33,20 @@ def follow(
     at_end: set[int] = set()
     try:
         while True:
-            for msg in consumer.consume(1000, idle_timeout):
-                err = msg.error()
-                if err is None:
-                    at_end.discard(msg.partition())
-                    yield msg
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                else:
-                    raise RuntimeError(f"reading {topic}: {err}")
+            eofs: list[Message] = []
+            for msg in clients.records(consumer, 1000, idle_timeout, on_eof=eofs.append,
+                                       on_error=lambda err: _fail(topic, err)):
+                at_end.discard(msg.partition())
+                yield msg
+            at_end.update(m.partition() for m in eofs)  # an EOF comes after the data of its partition
             if stop_at_end and len(at_end) == n_partitions:
                 return
     finally:
         consumer.close()
+
+
+def _fail(topic: str, err: KafkaError) -> None:
+    raise RuntimeError(f"reading {topic}: {err}")
 
 
 def read_all(settings: Settings, topic: str) -> list[Message]:
@@ -65,7 +61,7 @@ def wait_for(settings: Settings, topic: str, predicate, timeout: float) -> list[
     consumer, _ = _consumer(settings, topic, True)
     try:
         while not predicate(messages) and time.monotonic() < deadline:
-            messages.extend(m for m in consumer.consume(5000, 0.2) if m.error() is None)
+            messages.extend(clients.records(consumer, 5000, 0.2, where=f"reading {topic}"))
         return messages
     finally:
         consumer.close()

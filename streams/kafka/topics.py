@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
+from streams.kafka import clients
 from streams.settings import Settings
 
 
@@ -20,7 +21,7 @@ def flow_topics(settings: Settings) -> list[str]:
 
 def ensure_topics(settings: Settings, names: Iterable[str] | None = None, timeout: float = 15.0) -> list[str]:
     """Create the topics that do not exist yet; return the names that were created."""
-    admin = AdminClient(settings.kafka_client_config())
+    admin = clients.admin(settings)
     wanted = list(dict.fromkeys(names if names is not None else flow_topics(settings)))
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in wanted if t not in existing]

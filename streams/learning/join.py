@@ -19,11 +19,12 @@ import logging
 import time
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import TopicPartition
 
 from online_learning.join import JoinStore
 from schemas.codecs import InvalidEvent, decode_feature_event
 from schemas.validation import FeatureValidator
+from streams.kafka import clients
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,8 @@ class JoinReader:
         self.validator = validator
         self.learner = learner
         self._formats = dict(settings.input_topics)
-        self._consumer = Consumer({
-            **settings.kafka_client_config(),
-            "group.id": f"{settings.app_id}-learner-join",  # required by librdkafka; never joined, never committed
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "fetch.wait.max.ms": settings.fetch_wait_ms,
-        })
+        self._consumer = clients.standalone_consumer(settings, f"{settings.app_id}-learner-join", **{
+            "enable.auto.offset.store": False, "enable.partition.eof": False})
         self._positions: dict[Key, int] = {}
         self.invalid = 0
 
@@ -85,7 +81,7 @@ class JoinReader:
         """Read what has arrived (up to ``budget`` records) into the store; return how many were read."""
         read = 0
         while read < budget:
-            messages = self._consumer.consume(min(5000, budget - read), timeout)
+            messages = clients.records(self._consumer, min(5000, budget - read), timeout, where="join reader")
             if not messages:
                 break
             for msg in messages:
@@ -109,11 +105,6 @@ class JoinReader:
         return True
 
     def _add(self, msg) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("join reader: %s", err)
-            return
         topic = msg.topic()
         self._positions[(topic, msg.partition())] = msg.offset() + 1
         ts_type, ts = msg.timestamp()

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import faust
-from confluent_kafka.admin import AdminClient
 from faust.types import AppT
 from mode import Service
 
@@ -29,6 +28,7 @@ from online_learning.learner import Learner
 from online_learning.snapshots import SnapshotStore
 from online_learning.specs import get_spec
 from schemas.validation import FeatureValidator
+from streams.kafka import clients
 from streams.kafka.publisher import Publisher
 from streams.kafka.topics import ensure_topics
 from streams.learning.scoring import OnlinePipeline, OnlineScoringLane, Serving, ServingSlot
@@ -51,7 +51,7 @@ def ensure_learning_topics(settings: Settings) -> None:
     single = settings.model_copy(update={"partitions": 1})
     ensure_topics(single, [settings.labels_topic, settings.learner_metrics_topic])
     ensure_topics(settings, [settings.online_prediction_topic])
-    meta = AdminClient(settings.kafka_client_config()).list_topics(settings.labels_topic, timeout=15)
+    meta = clients.admin(settings).list_topics(settings.labels_topic, timeout=15)
     n = len(meta.topics[settings.labels_topic].partitions)
     if n != 1:
         raise LabelsTopicError(f"labels topic {settings.labels_topic!r} has {n} partitions; online learning needs "
@@ -106,7 +106,7 @@ def register_learning(app: AppT, settings: Settings, feature_names: Sequence[str
     """Wire online learning into the app when ``settings.learner`` is set; otherwise do nothing."""
     if not settings.learner:
         return None
-    learning = Learning(settings, list(feature_names))
+    learning = Learning(settings, tuple(feature_names))
     app.service(_LearningService(learning))
 
     @app.page("/learner")

@@ -26,7 +26,7 @@ from collections import Counter
 from typing import Any
 
 import pandas as pd
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from online_learning.join import JoinStore
 from online_learning.learner import Learner
@@ -35,6 +35,7 @@ from online_learning.snapshots import SnapshotConflict, SnapshotError, SnapshotM
 from online_learning.specs import LearnerSpec
 from schemas.labels import InvalidLabel, LearnedRange, ResumeOffset, decode_label, encode_learner_metrics
 from schemas.validation import FeatureValidator
+from streams.kafka import clients
 from streams.kafka.publisher import Outbound, Publisher
 from streams.learning import metrics as lm
 from streams.learning.join import JoinReader
@@ -104,12 +105,12 @@ class Trainer:
 
     def run(self) -> None:
         s = self.settings
-        self._consumer = consumer = Consumer(s.group_consumer_config(self.group_id))
+        self._consumer = consumer = clients.consumer(s, self.group_id)
         consumer.subscribe([s.labels_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         try:
             while not self.stopping.is_set():
-                messages = consumer.consume(s.batch_size, 0.05 if self.owner else 0.2)
+                messages = clients.records(consumer, s.batch_size, 0.05 if self.owner else 0.2, where="labels")
                 if self.owner:
                     self._owner_step(messages)
                 self._watch()
@@ -215,11 +216,6 @@ class Trainer:
         learner, join = self.learner, self.join
         labels: list[tuple[str, Any, bool | float]] = []
         for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("labels consumer: %s", err)
-                continue
             key, offset = (msg.topic(), msg.partition()), msg.offset()
             span = self._ranges.setdefault(key, [offset, offset])
             span[1] = offset

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import NewTopic
 from faust.types import AppT
 from mode import Service
 from pydantic import ValidationError
@@ -44,6 +44,7 @@ from models.registry import ModelRegistry, ModelVersion, RegistryError, Registry
 from models.scorer import Scorer
 from schemas.labels import InvalidLabel, decode_label
 from streams.background import BackgroundThread
+from streams.kafka import clients
 from streams.kafka.topics import ensure_topics
 from streams.metrics import MODEL_INFO
 from streams.routing.router import Feedback, Router, RouteSpec, RoutingTable, TopicRoute, make_policy
@@ -65,7 +66,7 @@ def decode_record(value: bytes) -> RegistryRecord:
 
 def ensure_registry_topic(settings: Settings, timeout: float = 15.0) -> None:
     """Create the control topic: ONE partition (a total order of changes), compacted (last state per key)."""
-    admin = AdminClient(settings.kafka_client_config())
+    admin = clients.admin(settings)
     if settings.registry_topic in admin.list_topics(timeout=timeout).topics:
         return
     topic = NewTopic(settings.registry_topic, 1, settings.replication_factor, config={"cleanup.policy": "compact"})
@@ -81,7 +82,7 @@ class ControlPublisher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer = Producer({**settings.kafka_client_config(), "linger.ms": 0})
+        self._producer = clients.producer(settings, **{"linger.ms": 0})  # one record at a time, at once
 
     def __call__(self, record: RegistryRecord) -> None:
         errors: list[KafkaError] = []
@@ -111,18 +112,14 @@ class ControlReader:
         self.settings = settings
         self.state = RegistryState()
         self._tp = TopicPartition(settings.registry_topic, 0, OFFSET_BEGINNING)
-        self.consumer = Consumer({**settings.kafka_client_config(), "group.id": f"{settings.app_id}-registry",
-                                  "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+        self.consumer = clients.standalone_consumer(settings, f"{settings.app_id}-registry",
+                                                    **{"fetch.wait.max.ms": 100})
         self.consumer.assign([self._tp])
 
     def poll(self, timeout: float) -> int:
         """Apply what arrives within ``timeout``; how many records changed the state."""
         changed = 0
-        for msg in self.consumer.consume(500, timeout):
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("registry topic: %s", msg.error())
-                continue
+        for msg in clients.records(self.consumer, 500, timeout, where="registry topic"):
             try:
                 changed += self.state.apply(decode_record(msg.value()))
             except ValidationError as exc:
@@ -260,8 +257,8 @@ class FeedbackLane(BackgroundThread):
 
     def start(self) -> None:
         s = self.settings
-        self._consumer = Consumer({**s.kafka_client_config(), "group.id": f"{s.app_id}-routing-feedback",
-                                   "enable.auto.commit": False, "fetch.wait.max.ms": s.background_fetch_wait_ms})
+        self._consumer = clients.standalone_consumer(s, f"{s.app_id}-routing-feedback", **{
+            "fetch.wait.max.ms": s.background_fetch_wait_ms})
         # From the end as of now (resolved here, before the worker is ready): older labels are for events this
         # worker never served, since that map starts empty.
         meta = self._consumer.list_topics(s.labels_topic, timeout=15).topics[s.labels_topic]
@@ -274,9 +271,7 @@ class FeedbackLane(BackgroundThread):
         consumer = self._consumer
         try:
             while not self.stopping.is_set():
-                for msg in consumer.consume(500, 0.2):
-                    if msg.error() is not None:
-                        continue
+                for msg in clients.records(consumer, 500, 0.2, where="routing feedback"):
                     try:
                         label = decode_label(msg.value())
                     except InvalidLabel:
@@ -354,7 +349,7 @@ def register_registry(app: AppT, settings: Settings, pipeline: ScoringPipeline,
     """Route ``pipeline``'s scoring through the model registry when ``settings.registry_model`` is set."""
     if not settings.registry_model:
         return None
-    registry = Registry(settings, list(feature_names))
+    registry = Registry(settings, tuple(feature_names))
     pipeline.router = registry.router  # before any batch: the first event already uses the registry
     app.service(_RegistryService(registry))
 

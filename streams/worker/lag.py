@@ -35,6 +35,7 @@ from mode import Service
 from prometheus_client import Gauge
 
 from streams import metrics
+from streams.kafka import clients
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,13 +113,9 @@ class LagMonitor:
     # --- one measurement --------------------------------------------------------------------------
     def consumer(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer({
-                **self.settings.kafka_client_config(),
-                "group.id": self.group_id,  # only to name the group in OffsetFetch; never joined
-                "enable.auto.commit": False,  # never commits: the group's offsets belong to the workers
-                "enable.partition.eof": True,  # the fetched-watermark path below stops at end of partition
-                "fetch.wait.max.ms": self.settings.fetch_wait_ms,
-            })
+            # group.id only names the group in OffsetFetch: never joined, never committed (its offsets belong to
+            # the workers); partition EOFs end the fetched-watermark path below.
+            self._consumer = clients.standalone_consumer(self.settings, self.group_id)
         return self._consumer
 
     def measure(self) -> dict[Key, int]:
@@ -165,18 +162,15 @@ class LagMonitor:
         """
         consumer.assign([TopicPartition(t, p, max(0, high - 1)) for (t, p), high in listed.items()])
         try:
-            pending, highs = set(listed), dict(listed)
+            pending, highs, ends = set(listed), dict(listed), []
             deadline = time.monotonic() + self.timeout_s
             while pending and time.monotonic() < deadline:
-                for msg in consumer.consume(10_000, 0.1):
-                    err = msg.error()
-                    if err is None:
-                        continue
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(err)
+                clients.records(consumer, 10_000, 0.1, on_eof=ends.append, on_error=_raise)  # only the ends matter
+                for msg in ends:
                     key = (msg.topic(), msg.partition())
                     highs[key] = max(highs[key], msg.offset())  # an EOF event's offset is the end offset
                     pending.discard(key)
+                ends.clear()
             if pending:
                 raise TimeoutError(f"no end of partition for {sorted(pending)} within {self.timeout_s}s")
             return highs
@@ -196,6 +190,10 @@ class _LagService(Service):
 
     async def on_stop(self) -> None:
         await self.loop.run_in_executor(None, self.monitor.stop)
+
+
+def _raise(err: KafkaError) -> None:
+    raise KafkaException(err)
 
 
 def register_lag_monitor(app: AppT, settings: Settings, group: str) -> LagMonitor:
