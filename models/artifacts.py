@@ -65,11 +65,15 @@ def _fsync_dir(directory: Path) -> None:
 
 def _write_durable(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -170,16 +174,16 @@ def ensure_demo_model(model_dir: str | Path, default_dir: str | Path, *, setting
             raise ModelDirError(f"{where}: model_card.json is not a valid model card ({field}: {first['msg']}); "
                                 f"{fix}") from None
         return model_dir
+    if has_model and not has_card and foreign_model_error(model_dir) is not None:
+        raise ModelDirError(f"{where} has a model.onnx but no model_card.json (the worker verifies the model "
+                            f"against its card); {fix}")
     if model_dir.resolve() == Path(default_dir).resolve() and not has_card:
         from models.train_demo import train_demo_model  # sklearn is only needed here
 
-        train_demo_model(model_dir)  # refuses a foreign model.onnx with a ModelDirError
+        train_demo_model(model_dir)
         return model_dir
     if not model_dir.exists():
         raise ModelDirError(f"{where} does not exist; {fix}")
     if not model_dir.is_dir():
         raise ModelDirError(f"{where} is not a folder; {fix}")
-    if has_model:
-        raise ModelDirError(f"{where} has a model.onnx but no model_card.json (the worker verifies the model "
-                            f"against its card); {fix}")
     raise ModelDirError(f"{where} has no model.onnx + model_card.json; {fix}")

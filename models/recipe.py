@@ -77,21 +77,22 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _params_exist(self) -> Recipe:
-        self.build_estimator()  # an unknown hyper-parameter fails here, not after loading the data
+        # An unknown hyper-parameter fails when the recipe is read, not after the data is loaded.
+        known = set(_classifier(self.estimator)().get_params())
+        if unknown := sorted(set(self.params) - known):
+            raise ValueError(f"unknown {self.estimator} hyper-parameters {unknown}; known: {sorted(known)}")
         return self
 
     def build_estimator(self) -> Any:
         """A fresh, unfitted sklearn classifier for this recipe (sklearn is imported only here)."""
+        clf = _classifier(self.estimator)(**self.params, random_state=self.seed)
         if self.estimator == "gbt":
-            from sklearn.ensemble import GradientBoostingClassifier
-
-            return GradientBoostingClassifier(**self.params, random_state=self.seed)
-        from sklearn.linear_model import LogisticRegression
+            return clf
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
         # Unscaled amounts (up to 25000) next to 0..1 scores make lbfgs converge badly without a scaler.
-        return make_pipeline(StandardScaler(), LogisticRegression(**self.params, random_state=self.seed))
+        return make_pipeline(StandardScaler(), clf)
 
     def canonical_json(self) -> str:
         """Sorted keys, no whitespace, no NaN: the exact text ``recipe_hash`` digests."""
@@ -117,3 +118,13 @@ class Recipe(BaseModel):
         path.write_text(json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
                         encoding="utf-8")
         return path
+
+
+def _classifier(kind: EstimatorKind) -> type:
+    if kind == "gbt":
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        return GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression
