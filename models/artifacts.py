@@ -124,7 +124,10 @@ def write_artifacts(directory: str | Path, files: Mapping[str, bytes], *, force:
     existing artifacts without ``force``.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission: the user's mistake, one line
+        raise ModelDirError(f"cannot use {directory} as a model folder: {exc.strerror or exc}") from None
     with _locked(directory):
         if (error := foreign_model_error(directory)) is not None:
             raise error

@@ -197,6 +197,9 @@ def test_write_artifacts_unit(tmp_path: Path) -> None:
     assert write_artifacts(tmp_path / "new", files) is False
     assert write_artifacts(tmp_path / "new", {**files, "model.onnx": b"b"}, force=True) is True
     assert (tmp_path / "new" / "model.onnx").read_bytes() == b"b"
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ModelDirError, match="cannot use .* as a model folder"):
+        write_artifacts(tmp_path / "file", files)
 
 
 # --- the worker's start-up policy ----------------------------------------------------------------
