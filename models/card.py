@@ -3,13 +3,16 @@
 The worker trusts a model only through its card: ``onnx_sha256`` pins the exact artifact and
 ``training_data_sha256`` pins the data, so a prediction can be traced back to both;
 ``reference_profile_sha256`` pins the training-data profile that drift is measured against.
+``recipe`` and ``recipe_hash`` say how it was trained (see models.recipe), ``parent_version`` which
+version it retrains. Nothing in a card comes from the clock: ``created_at`` is the training data's
+time or the recipe's declared date, so the same recipe and data give a byte-identical card.
 
 >>> import tempfile
 >>> card = ModelCard(
 ...     name="demo", version="1", features=["a", "b"], classes=["no", "yes"], onnx_sha256="0" * 64,
 ...     training_data_sha256="1" * 64, seed=0, n_train=10, n_test=5,
 ...     metrics={"roc_auc": 0.9, "accuracy": 0.8, "log_loss": 0.3},
-...     library_versions={"sklearn": "1.9.1"},
+...     library_versions={"sklearn": "1.9.1"}, created_at="2026-11-23T00:00:00Z",
 ... )
 >>> with tempfile.TemporaryDirectory() as d:
 ...     ModelCard.load(card.save(d).parent) == card
@@ -19,12 +22,14 @@ True
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.recipe import Recipe
 
 CARD_FILENAME = "model_card.json"
 _SHA256 = r"^[0-9a-f]{64}$"
@@ -77,9 +82,16 @@ class ModelCard(BaseModel):
     metrics: dict[str, float] = Field(
         default_factory=dict, description="Held-out metrics: roc_auc, accuracy, log_loss."
     )
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(
+        description="Reproducible build time: the training data's time when it has one, "
+        "else the recipe's declared_at; never the wall clock."
+    )
     library_versions: dict[str, str] = Field(default_factory=dict)
     description: str = ""
+    # None for cards written before recipes existed; they still load.
+    recipe: Recipe | None = None
+    recipe_hash: str | None = Field(None, pattern=_SHA256, description="Recipe.recipe_hash of ``recipe``.")
+    parent_version: str | None = Field(None, description="The model version this one retrains, if any.")
 
     @field_validator("features", "classes")
     @classmethod
@@ -87,6 +99,16 @@ class ModelCard(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError(f"names must be unique: {value}")
         return value
+
+    @model_validator(mode="after")
+    def _recipe_matches(self) -> ModelCard:
+        if self.recipe is not None and self.recipe_hash != self.recipe.recipe_hash:
+            raise ValueError(f"recipe_hash {self.recipe_hash} is not the recipe's hash {self.recipe.recipe_hash}")
+        return self
+
+    def to_json_bytes(self) -> bytes:
+        """The exact bytes of model_card.json (the trainer hashes and compares these)."""
+        return (self.model_dump_json(indent=2) + "\n").encode()
 
     @property
     def positive_class(self) -> str:
@@ -96,7 +118,7 @@ class ModelCard(BaseModel):
         """Write ``<directory>/model_card.json`` (creating the directory) and return its path."""
         path = Path(directory) / CARD_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        path.write_bytes(self.to_json_bytes())
         return path
 
     @classmethod

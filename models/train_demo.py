@@ -1,95 +1,85 @@
-"""Train the demo transaction-risk classifier; export model.onnx, reference_profile.json and model_card.json.
+"""Train the demo transaction-risk classifier: the demo recipe on the synthetic data (models.training).
 
-    python -m models.train_demo --out artifacts/models/demo-risk/1
+    python -m models.train_demo --out artifacts/models/demo-risk/1 [--force]
 
-Held-out metrics are computed by ``OnnxScorer`` on the exported bytes, i.e. by the same code
-path the worker uses, and the export is refused if ONNX and sklearn disagree. The same held-out
-scores and the training features make the reference profile drift is measured against.
+Writes model.onnx, reference_profile.json and model_card.json; the same seed gives byte-identical
+files in any process. It never overwrites a different model without ``--force``, never touches a
+folder holding a model.onnx without a card, and never one a worker is serving (models.artifacts).
+A refused folder is one line on stderr and exit code 2.
 
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as d:
 ...     card = train_demo_model(d, seed=1, n=2000)
 >>> card.name, card.n_train, card.n_test, card.metrics["roc_auc"] > 0.8
 ('demo-risk', 1500, 500, True)
->>> len(card.reference_profile_sha256)
-64
+>>> card.recipe.estimator, card.recipe_hash == demo_recipe(seed=1).recipe_hash
+('gbt', True)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import onnxruntime
-import skl2onnx
-import sklearn
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import FloatTensorType
 from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
-from sklearn.model_selection import train_test_split
 
-from models.card import CARD_FILENAME, ModelCard, dataset_sha256, sha256_bytes
+from models.artifacts import ModelDirError, foreign_model_error
+from models.card import ModelCard
 from models.demo import CLASS_NAMES, FEATURE_NAMES, make_dataset
-from models.onnx_scorer import MODEL_FILENAME, OnnxScorer
-from streams.drift.profile import build_profile
+from models.recipe import Recipe
+from models.training import PARITY_TOLERANCE, Split, export, fit, split_data
+
+__all__ = ["DEFAULT_OUT", "PARITY_TOLERANCE", "DemoSplit", "ModelDirError", "demo_recipe", "export_demo_model",
+           "fit_demo_classifier", "main", "train_demo_model"]
 
 DEFAULT_OUT = Path("artifacts/models/demo-risk/1")
-TEST_SIZE = 0.25
-# skl2onnx lowers these to the opsets the graph actually needs (16 / ml 1 for this model), which
-# keeps the artifact loadable by every onnxruntime the project allows (>= 1.18).
-TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
-# ONNX trees sum leaf values in float32; anything beyond this means a conversion bug.
-PARITY_TOLERANCE = 1e-5
+DEFAULT_SEED = 7
+DEFAULT_N = 20000
 
 
-def _export(clf: GradientBoostingClassifier, name: str, version: str) -> bytes:
-    onx = convert_sklearn(
-        clf,
-        initial_types=[("input", FloatTensorType([None, len(FEATURE_NAMES)]))],
-        options={id(clf): {"zipmap": False}},  # plain float tensor, not a list of dicts
-        target_opset=TARGET_OPSET,
-    )
-    onx.graph.name = f"{name}-{version}"  # skl2onnx picks a random uuid, which breaks reproducibility
-    onx.doc_string = f"{name} v{version}: demo transaction-risk classifier (see model_card.json)"
-    for key, value in {"name": name, "version": version, "features": ",".join(FEATURE_NAMES)}.items():
-        entry = onx.metadata_props.add()
-        entry.key, entry.value = key, value
-    return onx.SerializeToString()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A worker polling the directory must never see a half-written file.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def demo_recipe(seed: int = DEFAULT_SEED) -> Recipe:
+    """The demo model's recipe; ``seed`` seeds the data generator too (see ``train_demo_model``)."""
+    return Recipe(name="demo-risk", version="1", features=FEATURE_NAMES, classes=CLASS_NAMES, estimator="gbt",
+                  params={"n_estimators": 100, "max_depth": 3}, seed=seed, held_out_fraction=0.25)
 
 
 @dataclass(frozen=True)
-class DemoSplit:
+class DemoSplit(Split):
     """The seeded train/test split of ``make_dataset(seed, n)`` (float64 X, int64 y)."""
 
-    seed: int
-    n: int
-    X_train: np.ndarray
-    X_test: np.ndarray
-    y_train: np.ndarray
-    y_test: np.ndarray
+    seed: int = DEFAULT_SEED
+    n: int = DEFAULT_N
+
+    @property
+    def data_version(self) -> str:
+        return f"models.demo.make_dataset(seed={self.seed}, n={self.n})"
 
 
-def fit_demo_classifier(seed: int = 7, n: int = 20000) -> tuple[GradientBoostingClassifier, DemoSplit]:
+def fit_demo_classifier(seed: int = DEFAULT_SEED, n: int = DEFAULT_N) -> tuple[GradientBoostingClassifier, DemoSplit]:
     """Generate and split the data, fit the classifier; deterministic for a given (seed, n)."""
-    X, y = make_dataset(seed, n)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=TEST_SIZE, random_state=seed, stratify=y)
-    clf = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=seed)
-    clf.fit(X_train, y_train)
-    if list(clf.classes_) != [0, 1]:
-        raise RuntimeError(f"expected classes [0, 1], got {clf.classes_}")
-    return clf, DemoSplit(seed, n, X_train, X_test, y_train, y_test)
+    recipe = demo_recipe(seed)
+    s = split_data(recipe, *make_dataset(seed, n))
+    split = DemoSplit(s.X_train, s.X_test, s.y_train, s.y_test, seed=seed, n=n)
+    return fit(recipe, split), split
+
+
+def _export_demo(clf: GradientBoostingClassifier, split: DemoSplit, out_dir: str | Path, name: str, version: str,
+                 data_dir: str | Path | None, force: bool) -> tuple[ModelCard, bool]:
+    data_version = split.data_version
+    if data_dir is not None:
+        from datastore.storage import LocalStorage
+        from datastore.training import archive_training_data
+
+        data_version = archive_training_data(LocalStorage(data_dir), name, version, split.X_train, split.y_train,
+                                             FEATURE_NAMES, CLASS_NAMES).id
+    recipe = demo_recipe(split.seed)
+    return export(recipe, clf, split, out_dir, force=force, name=name, version=version,
+                  training_data_version=data_version,
+                  description=f"GradientBoostingClassifier(n_estimators=100, max_depth=3) on the synthetic "
+                  f"transaction-risk data; score = P({CLASS_NAMES[1]!r}).")
 
 
 def export_demo_model(
@@ -99,100 +89,59 @@ def export_demo_model(
     name: str = "demo-risk",
     version: str = "1",
     data_dir: str | Path | None = None,
+    *,
+    force: bool = False,
 ) -> ModelCard:
     """Export ``clf`` to ONNX, evaluate it on ``split.X_test``; write model.onnx, the profile, the card.
 
     With ``data_dir`` the training split is archived there as a dataset version (docs/data_versioning.md)
     and the card's ``training_data_version`` is its content id; otherwise it names the generator call.
     """
-    out_dir = Path(out_dir)
-    model_bytes = _export(clf, name, version)
-    data_version = f"models.demo.make_dataset(seed={split.seed}, n={split.n})"
-    if data_dir is not None:
-        from datastore.storage import LocalStorage
-        from datastore.training import archive_training_data
+    return _export_demo(clf, split, out_dir, name, version, data_dir, force)[0]
 
-        data_version = archive_training_data(LocalStorage(data_dir), name, version, split.X_train, split.y_train,
-                                             FEATURE_NAMES, CLASS_NAMES).id
-    draft = ModelCard(
-        name=name,
-        version=version,
-        features=list(FEATURE_NAMES),
-        classes=list(CLASS_NAMES),
-        onnx_sha256=sha256_bytes(model_bytes),
-        training_data_sha256=dataset_sha256(split.X_train, split.y_train),
-        training_data_version=data_version,
-        seed=split.seed,
-        n_train=len(split.y_train),
-        n_test=len(split.y_test),
-        library_versions={
-            "sklearn": sklearn.__version__,
-            "skl2onnx": skl2onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "numpy": np.__version__,  # the synthetic data depends on numpy's Generator streams
-        },
-        description="GradientBoostingClassifier(n_estimators=100, max_depth=3) on the synthetic "
-        f"transaction-risk data; score = P({CLASS_NAMES[1]!r}).",
-    )
 
-    y_test = split.y_test
-    batch = OnnxScorer(draft, model_bytes).predict_many(split.X_test.astype(np.float32))
-    gap = float(np.abs(batch.probabilities - clf.predict_proba(split.X_test)).max())
-    if gap > PARITY_TOLERANCE:
-        raise RuntimeError(f"ONNX and sklearn probabilities differ by {gap:.2e} (> {PARITY_TOLERANCE})")
-    card = draft.model_copy(
-        update={
-            "metrics": {
-                "roc_auc": float(roc_auc_score(y_test, batch.scores)),
-                "accuracy": float(accuracy_score(y_test, batch.probabilities.argmax(axis=1))),
-                "log_loss": float(log_loss(y_test, batch.probabilities, labels=[0, 1])),
-            }
-        }
-    )
-
-    # Training features vs held-out scores: the scores of unseen, undrifted data are the reference
-    # for live scores (scores on the training rows would be overfit, hence sharper).
-    profile = build_profile(
-        split.X_train, FEATURE_NAMES, batch.scores, model_name=name, model_version=version, seed=split.seed,
-        source=f"training split (X_train, n={len(split.y_train)}) and held-out scores (X_test, "
-        f"n={len(y_test)}) of {card.training_data_version}",
-    )
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / MODEL_FILENAME, model_bytes)
-    card = card.model_copy(update={"reference_profile_sha256": profile.save(out_dir)})
-    # The card goes last: a directory with a card always has the model it describes.
-    _write_atomic(out_dir / CARD_FILENAME, (card.model_dump_json(indent=2) + "\n").encode())
-    return card
+def _train(out_dir: str | Path, seed: int, n: int, name: str, version: str, data_dir: str | Path | None,
+           force: bool) -> tuple[ModelCard, bool]:
+    if (error := foreign_model_error(out_dir)) is not None:
+        raise error  # before training, not after
+    clf, split = fit_demo_classifier(seed, n)
+    return _export_demo(clf, split, out_dir, name, version, data_dir, force)
 
 
 def train_demo_model(
-    out_dir: str | Path, seed: int = 7, n: int = 20000, name: str = "demo-risk", version: str = "1",
-    data_dir: str | Path | None = None,
+    out_dir: str | Path, seed: int = DEFAULT_SEED, n: int = DEFAULT_N, name: str = "demo-risk", version: str = "1",
+    data_dir: str | Path | None = None, *, force: bool = False,
 ) -> ModelCard:
     """Train on ``make_dataset(seed, n)``; write model.onnx, reference_profile.json, model_card.json to ``out_dir``.
 
-    Same arguments and library versions give byte-identical model.onnx (same ``onnx_sha256``).
+    Same arguments and library versions give byte-identical files. Raises ``ModelDirError`` for a
+    folder it must not write (see models.artifacts); ``force`` replaces a different model of ours.
     """
-    clf, split = fit_demo_classifier(seed, n)
-    return export_demo_model(clf, split, out_dir, name=name, version=version, data_dir=data_dir)
+    return _train(out_dir, seed, n, name, version, data_dir, force)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.train_demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"directory (default {DEFAULT_OUT})")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--n", type=int, default=20000, help="rows generated (train + test)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--n", type=int, default=DEFAULT_N, help="rows generated (train + test)")
     parser.add_argument("--name", default="demo-risk")
     parser.add_argument("--version", default="1")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="archive the training split there as a dataset version (e.g. .streamscore/data)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a different model previously written to --out (never a served one)")
     args = parser.parse_args(argv)
 
-    card = train_demo_model(args.out, seed=args.seed, n=args.n, name=args.name, version=args.version,
-                            data_dir=args.data_dir)
+    try:
+        card, written = _train(args.out, args.seed, args.n, args.name, args.version, args.data_dir, args.force)
+    except ModelDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     m = card.metrics
-    print(f"trained {card.name} v{card.version} -> {args.out}")
+    print(f"{'trained' if written else 'unchanged (identical artifacts already there)'}: "
+          f"{card.name} v{card.version} -> {args.out}")
+    print(f"  recipe   {card.recipe.describe() if card.recipe else '-'}  hash={card.recipe_hash}")
     print(f"  data     seed={card.seed} train={card.n_train} test={card.n_test}")
     print(f"           training_data_sha256={card.training_data_sha256}")
     print(f"           training_data_version={card.training_data_version}")
