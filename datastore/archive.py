@@ -73,7 +73,9 @@ class _Open(Generic[T]):
     def __init__(self, writer: SegmentWriter, undecided: bool) -> None:
         self.writer = writer
         self.tokens: list[T] = []
-        self.encoded: dict[int, bytes] = {}  # offset -> canonical bytes, to compare a redelivery with the open copy
+        # offset -> record, to compare a redelivery with the open copy (references to the consumed records, no copy;
+        # archiving 50k records took 1.71-1.88 s against 1.68-1.71 s before epochs, best of 3, shared machine)
+        self.held: dict[int, SourceRecord] = {}
         # Opened while the incarnation was still undecided: its records move to a new epoch if one starts.
         self.undecided = undecided
         self.records: list[tuple[SourceRecord, T]] = []
@@ -276,11 +278,10 @@ class Archive(Generic[T]):
         current = self._open.get(tp)
         if current is not None and current.writer.epoch == epoch and \
                 current.writer.first_offset <= rec.offset <= current.writer.last_offset:  # type: ignore[operator]
-            held = current.encoded.get(rec.offset)
+            held = current.held.get(rec.offset)
             if held is None:
                 return _Verdict("gap", f"offset {rec.offset}: in a gap of the open segment")
-            return _Verdict("same") if held == encode(rec) else _Verdict("differs", f"offset {rec.offset} differs "
-                                                                                    "from the open segment's copy")
+            return _Verdict("same") if encode(held) == encode(rec) else _Verdict("differs", _differences(rec, held))
         if not self._covered(tp, epoch, rec.offset, refresh=True):
             return _Verdict("unknown")
         row = archived_row(self.storage, *tp, epoch, rec.offset)
@@ -336,7 +337,7 @@ class Archive(Generic[T]):
             current = self._open[tp] = _Open(writer, undecided=session.pending)
         current.writer.append(rec, self._row(rec))
         current.tokens.append(token)
-        current.encoded[rec.offset] = encode(rec)
+        current.held[rec.offset] = rec
         if current.undecided:
             current.records.append((rec, token))
         if current.writer.count >= self.segment_records:

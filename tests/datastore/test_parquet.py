@@ -163,3 +163,13 @@ def test_a_bad_query_is_one_line(archived):
     assert "nope" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(QueryError, match="no events/predictions/labels"):
         query(store.root / "segments", "SELECT 1")
+
+
+def test_a_version_with_a_complete_export_is_queried_from_it(archived):
+    store, version, _ = archived
+    sql = "SELECT topic, count(*) FROM events GROUP BY topic ORDER BY topic"
+    from_segments = query(version, sql, storage=store)
+    export_version(store, version)
+    for ref in version.segments:  # the export alone must answer now
+        store.delete(ref.key)
+    assert query(version, sql, storage=store) == from_segments
