@@ -259,7 +259,8 @@ class Archive(Generic[T]):
         self.stats["incarnation_checks"] += 1
         if self._topic_id_changed(tp, session, rec):
             return
-        verdict = self._compare(tp, session.epoch.epoch, rec)
+        # While pending, every record is checked: the store's listing is re-read only for the first one.
+        verdict = self._compare(tp, session.epoch.epoch, rec, refresh=not session.pending)
         if verdict.outcome in ("same", "unknown"):
             # unknown = not comparable; beyond everything the epoch holds, that is a continuation (or a new
             # incarnation no record can reveal without a topic id); below it, a hole: keep comparing.
@@ -273,7 +274,7 @@ class Archive(Generic[T]):
             self._new_epoch(tp, session, "record_differs" if verdict.outcome == "differs" else "gap_offset", rec,
                             verdict.evidence)
 
-    def _compare(self, tp: TP, epoch: int, rec: SourceRecord) -> _Verdict:
+    def _compare(self, tp: TP, epoch: int, rec: SourceRecord, refresh: bool = True) -> _Verdict:
         """The record against the epoch's copy at its offset: in the open segment, else in a sealed one."""
         current = self._open.get(tp)
         if current is not None and current.writer.epoch == epoch and \
@@ -282,7 +283,7 @@ class Archive(Generic[T]):
             if held is None:
                 return _Verdict("gap", f"offset {rec.offset}: in a gap of the open segment")
             return _Verdict("same") if encode(held) == encode(rec) else _Verdict("differs", _differences(rec, held))
-        if not self._covered(tp, epoch, rec.offset, refresh=True):
+        if not self._covered(tp, epoch, rec.offset, refresh=refresh):
             return _Verdict("unknown")
         row = archived_row(self.storage, *tp, epoch, rec.offset)
         if row is None:
@@ -376,10 +377,10 @@ class Archive(Generic[T]):
         manifest = current.writer.seal(reason)
         session = self._sessions.get(tp)
         if session is not None and current.undecided and session.pending:
-            # Sealed before any record could be compared: they stay in this epoch.
-            log.warning("%s[%d]: sealed %d records never compared with the archive into epoch %d", *tp,
+            # Sealed before any record could be compared: they stay in this epoch even if the next comparable
+            # record reveals a new incarnation (checking goes on: the records after them would move).
+            log.warning("%s[%d]: sealed %d records not yet compared with the archive into epoch %d", *tp,
                         manifest.record_count, manifest.epoch)
-            session.pending = False
         self._coverage.setdefault((*tp, manifest.epoch), Coverage()).add(manifest.first_offset, manifest.last_offset)
         self.stats["segments_sealed"] += 1
         self.stats["bytes_sealed"] += manifest.bytes

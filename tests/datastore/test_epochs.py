@@ -229,3 +229,30 @@ def test_docstring_examples(name):
     module = importlib.import_module(f"datastore.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def test_recovery_completes_the_manifest_of_an_epoch_segment(tmp_path):
+    from datastore.catalog import recover
+    from datastore.segment import verify_segment
+
+    store = LocalStorage(tmp_path)
+    run(store, incarnation("a", 10))
+    run(store, incarnation("b", 10))
+    lost = [m for m in list_manifests(store) if m.epoch == 1][0]
+    store.delete(manifest_key(lost.key))  # the writer died between publishing the file and its manifest
+    assert recover(store).completed_manifests == [lost.key]
+    rebuilt = [m for m in list_manifests(store) if m.key == lost.key][0]
+    assert (rebuilt.epoch, rebuilt.content_sha256) == (1, lost.content_sha256) and verify_segment(store, rebuilt) == []
+
+
+def test_records_sealed_before_the_first_comparable_one_stay_but_checking_goes_on(tmp_path):
+    store = LocalStorage(tmp_path)
+    run(store, incarnation("a", 20))
+    first = list_manifests(store)[0]
+    store.delete(first.key)
+    store.delete(manifest_key(first.key))
+    arc = run(store, incarnation("b", 20), segment_records=4)
+    assert arc.stats["epochs_started"] == 1 and arc.stats["records_skipped"] == 0
+    # 0..7 were sealed (size) before offset 10 revealed the new incarnation: they stay in epoch 0; 8, 9 move
+    assert epochs_of(store) == [(0, 0, 3), (0, 4, 7), (0, 10, 19), (1, 8, 11), (1, 12, 15), (1, 16, 19)]
+    assert sorted(arc.acked) == list(range(20))
