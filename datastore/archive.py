@@ -310,22 +310,24 @@ class Archive(Generic[T]):
                 self._open[tp] = current
                 tokens = self._seal(tp, "flush")
                 self.stats["old_epoch_tokens"] += len(tokens)
-        before = session.epoch.epoch
-        epoch, started = start_epoch(self.storage, *tp, after=before, reason=reason,
-                                     first_offset=None if rec is None else rec.offset,
-                                     topic_id=self.topic_ids.get(tp[0]), evidence=evidence, started_by=self.writer)
-        session.epoch, session.verified, session.pending = epoch, True, False
-        if started:
-            self.stats["epochs_started"] += 1
-            self.epochs_started.append(epoch)
-            log.warning("%s[%d]: new incarnation, archiving into epoch %d (%s: %s)", *tp, epoch.epoch, reason,
-                        evidence)
-            if self.on_new_epoch is not None:
-                self.on_new_epoch(epoch)
-        elif rec is not None and self._compare(tp, epoch.epoch, rec).outcome in ("differs", "gap"):
-            # Another writer moved the partition to a newer epoch that this record does not match either.
-            self._new_epoch(tp, session, reason, rec, evidence)
-            return
+        while True:
+            epoch, started = start_epoch(self.storage, *tp, after=session.epoch.epoch, reason=reason,
+                                         first_offset=None if rec is None else rec.offset,
+                                         topic_id=self.topic_ids.get(tp[0]), evidence=evidence,
+                                         started_by=self.writer)
+            session.epoch, session.verified, session.pending = epoch, True, False
+            if started:
+                self.stats["epochs_started"] += 1
+                self.epochs_started.append(epoch)
+                log.warning("%s[%d]: new incarnation, archiving into epoch %d (%s: %s)", *tp, epoch.epoch, reason,
+                            evidence)
+                if self.on_new_epoch is not None:
+                    self.on_new_epoch(epoch)
+                break
+            # Another writer moved the partition to a newer epoch meanwhile: join it unless this record differs
+            # from that epoch's copy too.
+            if rec is None or self._compare(tp, epoch.epoch, rec).outcome not in ("differs", "gap"):
+                break
         for r, token in moved:
             self._deferred += self._append(tp, r, token)
 

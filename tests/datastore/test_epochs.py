@@ -256,3 +256,15 @@ def test_records_sealed_before_the_first_comparable_one_stay_but_checking_goes_o
     # 0..7 were sealed (size) before offset 10 revealed the new incarnation: they stay in epoch 0; 8, 9 move
     assert epochs_of(store) == [(0, 0, 3), (0, 4, 7), (0, 10, 19), (1, 8, 11), (1, 12, 15), (1, 16, 19)]
     assert sorted(arc.acked) == list(range(20))
+
+
+def test_a_writer_that_finds_a_third_incarnation_after_another_started_the_second_starts_a_third(tmp_path):
+    store = LocalStorage(tmp_path)
+    run(store, incarnation("a", 10))
+    slow: Archive[int] = Archive(store, TOPICS, 10, 60.0, codec="null", writer="slow")
+    slow.epoch_of("features", 0)  # it read epoch 0 before the other writer moved on
+    run(store, incarnation("b", 10))  # another writer: epoch 1
+    acked = slow.add([(r, r.offset) for r in incarnation("c", 3)]) + slow.seal_all()
+    slow.close()
+    assert [e.epoch for e in list_epochs(store, "features", 0)] == [0, 1, 2] and acked == [0, 1, 2]
+    assert archived_row(store, "features", 0, 2, 1)["key"] == b"c-1"
