@@ -2,13 +2,20 @@
 
 A dataset version id must depend on the data only - not on how the archiver happened to cut segments,
 which codec compressed them, or which decoder version filled the decoded fields. So the id is defined
-over the *Kafka records themselves*, each encoded canonically, in (topic, partition, offset) order:
+over the *Kafka records themselves*, each encoded canonically, in (topic, partition, epoch, offset) order:
 
     record   = topic, partition, offset, timestamp_ms, key, value, headers   (what Kafka stored)
     encoding = u32 len + utf-8 topic | i32 partition | i64 offset | u8 has_ts [i64 ts]
                | i32 len or -1 + key | i32 len or -1 + value | u32 n_headers, each: u32 len + utf-8 name,
                  i32 len or -1 + value                                          (all little-endian)
     id       = sha256( b"streamscore.dataset/1\\n" + encoding(r1) + encoding(r2) + ... )
+
+The *epoch* is the incarnation of the topic partition the record was consumed from (datastore.epochs):
+a broker that lost its log, or a topic deleted and re-created, reuses offsets for other records. Two
+incarnations holding the same offsets are different data, so the epoch is part of a record's identity:
+a record of epoch e > 0 is encoded as ``u32 0xFFFFFFFF | u32 e | encoding`` (no topic name is 2**32-1
+bytes long, so this cannot be read as an epoch-0 record). Epoch 0 keeps the plain encoding, so every id
+computed before epochs existed is unchanged.
 
 Every field is length-prefixed, so the concatenation is unambiguous. Decoded fields are excluded on
 purpose: they are a function of ``value`` (and of the decoder's version), and the segment's file sha256
@@ -20,6 +27,8 @@ already pins them byte for byte.
 >>> h = ContentHasher(); h.add(rec); a = h.hexdigest()
 >>> h2 = ContentHasher(); h2.add(rec._replace(value=b'{"a":2}')); a == h2.hexdigest()
 False
+>>> h3 = ContentHasher(); h3.add(rec, epoch=1); a == h3.hexdigest(), len(encode(rec, epoch=1))
+(False, 86)
 """
 
 from __future__ import annotations
@@ -60,10 +69,14 @@ def _blob(data: bytes | None) -> bytes:
     return _I32.pack(-1) if data is None else _I32.pack(len(data)) + data
 
 
-def encode(rec: SourceRecord) -> bytes:
-    """The canonical bytes of one record (see the module docstring for the layout)."""
+_EPOCH_TAG = _U32.pack(0xFFFFFFFF)
+
+
+def encode(rec: SourceRecord, epoch: int = 0) -> bytes:
+    """The canonical bytes of one record of ``epoch`` (see the module docstring for the layout)."""
     topic = rec.topic.encode()
-    parts = [_U32.pack(len(topic)), topic, _POS.pack(rec.partition, rec.offset),
+    parts = [_EPOCH_TAG, _U32.pack(epoch)] if epoch else []
+    parts += [_U32.pack(len(topic)), topic, _POS.pack(rec.partition, rec.offset),
              _NO_TS if rec.timestamp_ms is None else _TS.pack(1, rec.timestamp_ms),
              _blob(rec.key), _blob(rec.value), _U32.pack(len(rec.headers))]
     for name, value in rec.headers:
@@ -73,14 +86,14 @@ def encode(rec: SourceRecord) -> bytes:
 
 
 class ContentHasher:
-    """sha256 over canonical records fed in (topic, partition, offset) order; the caller guarantees the order."""
+    """sha256 over canonical records fed in (topic, partition, epoch, offset) order; the caller guarantees it."""
 
     def __init__(self) -> None:
         self._h = hashlib.sha256(DOMAIN)
         self.count = 0
 
-    def add(self, rec: SourceRecord) -> None:
-        self._h.update(encode(rec))
+    def add(self, rec: SourceRecord, epoch: int = 0) -> None:
+        self._h.update(encode(rec, epoch))
         self.count += 1
 
     def hexdigest(self) -> str:

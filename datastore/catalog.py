@@ -6,8 +6,8 @@
 ...     store = LocalStorage(d)
 ...     store.put_bytes(segment_key("t", 0, 0, 9, "a" * 64).replace(".avro", ".manifest.json"), b"{}")
 ...     cov = coverage_of(store, "t", 0)
-...     cov.contains(5), cov.contains(10)
-(True, False)
+...     cov.contains(5), cov.contains(10), coverage_of(store, "t", 0, epoch=1).contains(5)
+(True, False, False)
 """
 
 from __future__ import annotations
@@ -15,21 +15,27 @@ from __future__ import annotations
 import bisect
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
+from datastore.bloom import BloomFilter
+from datastore.epochs import current_epoch
 from datastore.manifest import (
     MANIFEST_SUFFIX,
     SEGMENTS_PREFIX,
     SegmentManifest,
     manifest_key,
     parse_segment_key,
+    partition_prefix,
     segment_key,
     segment_of_manifest,
 )
-from datastore.segment import manifest_from_file
+from datastore.records import row_event_ids
+from datastore.segment import manifest_from_file, read_segment
 from datastore.spool import sweep_dead_spools
 from datastore.storage import Storage
 
-__all__ = ["Coverage", "RecoveryReport", "coverage_of", "list_manifests", "load_manifest", "recover", "segment_key"]
+__all__ = ["Coverage", "RecoveryReport", "archived_row", "coverage_of", "find_rows", "list_manifests", "load_manifest",
+           "recover", "segment_key"]
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +45,11 @@ def load_manifest(storage: Storage, key: str) -> SegmentManifest:
 
 
 def list_manifests(storage: Storage, topics: list[str] | None = None) -> list[SegmentManifest]:
-    """Manifests of every sealed segment (of ``topics`` only, when given), by (topic, partition, first offset)."""
+    """Manifests of every sealed segment (of ``topics`` only, when given), by (topic, partition, epoch, first)."""
     prefixes = [f"{SEGMENTS_PREFIX}{t}/" for t in topics] if topics else [SEGMENTS_PREFIX]
     keys = [k for p in prefixes for k in storage.list(p) if k.endswith(MANIFEST_SUFFIX)]
     manifests = [load_manifest(storage, k) for k in keys]
-    return sorted(manifests, key=lambda m: (m.topic, m.partition, m.first_offset, m.last_offset, m.sha256))
+    return sorted(manifests, key=lambda m: (m.topic, m.partition, m.epoch, m.first_offset, m.last_offset, m.sha256))
 
 
 @dataclass
@@ -74,17 +80,54 @@ class Coverage:
         return i >= 0 and last <= self.ends[i]
 
 
-def coverage_of(storage: Storage, topic: str, partition: int) -> Coverage:
-    """Offsets of (topic, partition) held by sealed segments, read from manifest names only (no file opened)."""
+def coverage_of(storage: Storage, topic: str, partition: int, epoch: int | None = None) -> Coverage:
+    """Offsets of (topic, partition) in ``epoch`` (None: the newest) held by sealed segments, read from manifest
+    names only (no file opened)."""
+    if epoch is None:
+        epoch = current_epoch(storage, topic, partition).epoch
     cov = Coverage()
     spans = []
-    for key in storage.list(f"{SEGMENTS_PREFIX}{topic}/{partition}/"):
+    for key in storage.list(partition_prefix(topic, partition, epoch)):
         name = parse_segment_key(key)
-        if name is not None and key.endswith(MANIFEST_SUFFIX):
+        if name is not None and name.epoch == epoch and key.endswith(MANIFEST_SUFFIX):
             spans.append((name.first_offset, name.last_offset))
     for first, last in sorted(spans):
         cov.add(first, last)
     return cov
+
+
+def archived_row(storage: Storage, topic: str, partition: int, epoch: int, offset: int) -> dict[str, Any] | None:
+    """The archived row at that position (None when no sealed segment of the epoch holds that offset)."""
+    for key in storage.list(partition_prefix(topic, partition, epoch)):
+        name = parse_segment_key(key)
+        if (name is None or name.epoch != epoch or not key.endswith(MANIFEST_SUFFIX)
+                or not name.first_offset <= offset <= name.last_offset):
+            continue
+        m = load_manifest(storage, key)
+        for row in read_segment(storage, m.key, expected_sha256=m.sha256):
+            if row["offset"] >= offset:
+                if row["offset"] == offset:
+                    return row
+                break
+    return None
+
+
+def find_rows(storage: Storage, event_id: str, opened: list[str] | None = None,
+              ) -> list[tuple[SegmentManifest, dict[str, Any]]]:
+    """Every archived row whose event id (decoded, or key) is ``event_id``, of every epoch, newest epoch first.
+
+    Only segments whose Bloom filter may hold the id are opened (their keys are appended to ``opened``).
+    """
+    found = []
+    manifests = sorted(list_manifests(storage), key=lambda m: (-m.epoch, m.topic, m.partition, m.first_offset))
+    for m in manifests:
+        if event_id not in BloomFilter.from_text(m.event_ids):
+            continue
+        if opened is not None:
+            opened.append(m.key)
+        found += [(m, row) for row in read_segment(storage, m.key, expected_sha256=m.sha256)
+                  if event_id in row_event_ids(row)]
+    return found
 
 
 @dataclass

@@ -3,14 +3,19 @@
 A version is created by ``snapshot`` from the segments sealed at that moment, optionally restricted to
 some topics and to a Kafka-timestamp window. It lists the segments it uses and its id is
 
-    id = content hash (datastore.canonical) of its records, de-duplicated and in (topic, partition, offset) order
+    id = content hash (datastore.canonical) of its records, de-duplicated and in (topic, partition, epoch,
+         offset) order
 
 So the id depends on the data only: two archives that cut the same records into different segments (other
 sizes, a time-based seal, a rebalance, a record archived twice after a crash) give the same id, and any
-changed byte of any record gives another. Segments are read and their sha256 checked while the id is
-computed, so a version never enshrines a corrupt segment. The same content snapshotted twice is the
-same version (the second snapshot returns the first); ``parent`` is the previous version with the same
-topic selection, which makes a history of a stream's snapshots.
+changed byte of any record gives another. The epoch (incarnation, datastore.epochs) of a record is part
+of it: records of two incarnations at the same offsets are different data, and both are in a version that
+selects them (epoch-0 records hash as before epochs existed, so older ids stay valid). Segments are read
+and their sha256 checked while the id is computed, so a version never enshrines a corrupt segment. The
+same content snapshotted twice is the same version (the second snapshot returns the first); ``parent`` is
+the previous version with the same topic selection, which makes a history of a stream's snapshots. The
+epoch of each record enters the id on purpose, and is numbered per archive: the same incarnation is epoch 0
+in an archive that only ever saw it, and epoch 1 in one that saw the incarnation before it.
 
 Stored as ``versions/<id>.json``. Retention never deletes a segment a version lists.
 
@@ -48,7 +53,8 @@ class DatasetConflict(RuntimeError):
 
 
 class OffsetRange(BaseModel):
-    """Offsets first..last (both included) of one topic partition."""
+    """Offsets first..last (both included) of one topic partition, in one epoch (None: the newest archived when
+    the version is made)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -56,6 +62,7 @@ class OffsetRange(BaseModel):
     partition: int
     first_offset: int
     last_offset: int
+    epoch: int | None = None
 
 
 class Selection(BaseModel):
@@ -80,10 +87,12 @@ class Selection(BaseModel):
         return (self.since_ms is None or timestamp_ms >= self.since_ms) and (
             self.until_ms is None or timestamp_ms < self.until_ms)
 
-    def matches_offset(self, topic: str, partition: int, offset: int) -> bool:
+    def matches_offset(self, topic: str, partition: int, offset: int, epoch: int | None = None) -> bool:
+        """Whether a range holds the position (a range without epoch holds every epoch's: the newest is picked
+        when segments are chosen, ``build_version``)."""
         return self.offsets is None or any(
             r.topic == topic and r.partition == partition and r.first_offset <= offset <= r.last_offset
-            for r in self.offsets)
+            and (r.epoch is None or epoch is None or r.epoch == epoch) for r in self.offsets)
 
     @property
     def branch(self) -> tuple[str, ...] | None:
@@ -100,20 +109,33 @@ class SegmentRef(BaseModel):
     kind: Kind
     topic: str
     partition: int
+    epoch: int = 0
     first_offset: int
     last_offset: int
     records: int = Field(description="Records this segment contributes to the version (after filter and de-dup).")
 
-    def covers(self, topic: str, partition: int, offset: int) -> bool:
-        return topic == self.topic and partition == self.partition and self.first_offset <= offset <= self.last_offset
+    def covers(self, topic: str, partition: int, offset: int, epoch: int | None = None) -> bool:
+        return topic == self.topic and partition == self.partition and (epoch is None or epoch == self.epoch) \
+            and self.first_offset <= offset <= self.last_offset
 
 
-class PartitionSummary(BaseModel):
+class EpochSummary(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     first_offset: int
     last_offset: int
     records: int
+
+
+class PartitionSummary(BaseModel):
+    """Offsets of a partition; ``epochs`` splits them by incarnation when it holds more than epoch 0."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    first_offset: int
+    last_offset: int
+    records: int
+    epochs: dict[int, EpochSummary] = Field(default_factory=dict)
 
 
 class TopicSummary(BaseModel):
@@ -146,12 +168,14 @@ class DatasetVersion(BaseModel):
     def short_id(self) -> str:
         return self.id[:12]
 
-    def holds(self, topic: str, partition: int, offset: int, timestamp_ms: int | None) -> bool:
-        """Whether this version contains the record at that position (with that timestamp)."""
+    def holds(self, topic: str, partition: int, offset: int, timestamp_ms: int | None,
+              epoch: int | None = None) -> bool:
+        """Whether this version contains the record at that position (with that timestamp; of ``epoch``, None:
+        of any epoch)."""
         sel = self.selection
         return sel.matches_topic(topic) and sel.matches_time(timestamp_ms) and sel.matches_offset(
-            topic, partition, offset) and any(
-            s.covers(topic, partition, offset) for s in self.segments)
+            topic, partition, offset, epoch) and any(
+            s.covers(topic, partition, offset, epoch) for s in self.segments)
 
 
 # --- reading records in canonical order -------------------------------------------------------------
@@ -174,7 +198,7 @@ def _clusters(segments: list[SegmentLike]) -> Iterator[list[SegmentLike]]:
 
 def merged_rows(storage: Storage, segments: Iterable[SegmentLike], selection: Selection | None = None,
                 stats: dict[str, Any] | None = None) -> Iterator[tuple[SegmentLike, dict[str, Any]]]:
-    """Rows of ``segments`` in (topic, partition, offset) order, each position once, ``selection`` applied.
+    """Rows of ``segments`` in (topic, partition, epoch, offset) order, each position once, ``selection`` applied.
 
     Every segment's sha256 is checked as it is read (``SegmentCorrupt`` otherwise). A position held by
     several segments must hold the same record in each (``DatasetConflict`` otherwise); it is yielded once,
@@ -183,10 +207,10 @@ def merged_rows(storage: Storage, segments: Iterable[SegmentLike], selection: Se
     selection = selection or Selection()
     stats = stats if stats is not None else {}
     stats.setdefault("duplicates", 0)
-    by_tp: dict[tuple[str, int], list[SegmentLike]] = {}
+    by_tp: dict[tuple[str, int, int], list[SegmentLike]] = {}
     for seg in segments:
         if selection.matches_topic(seg.topic):
-            by_tp.setdefault((seg.topic, seg.partition), []).append(seg)
+            by_tp.setdefault((seg.topic, seg.partition, seg.epoch), []).append(seg)
 
     def rows_of(seg: SegmentLike, rank: int) -> Iterator[tuple[int, int, SegmentLike, dict[str, Any]]]:
         for row in read_segment(storage, seg.key, expected_sha256=seg.sha256):
@@ -196,22 +220,28 @@ def merged_rows(storage: Storage, segments: Iterable[SegmentLike], selection: Se
         for cluster in _clusters(by_tp[tp]):
             previous: tuple[int, bytes] | None = None
             streams = [rows_of(seg, rank) for rank, seg in enumerate(cluster)]
+            topic, partition, epoch = tp
             for offset, _rank, seg, row in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
                 if previous is not None and previous[0] == offset:
                     if encode(source_of(row)) != previous[1]:
-                        raise DatasetConflict(f"{tp[0]}[{tp[1]}]@{offset}: segments disagree ({seg.key})")
+                        raise DatasetConflict(f"{topic}[{partition}]@{offset} (epoch {epoch}): segments disagree "
+                                              f"({seg.key})")
                     stats["duplicates"] += 1
                     continue
                 previous = (offset, encode(source_of(row))) if len(cluster) > 1 else (offset, b"")
-                if selection.matches_time(row["timestamp_ms"]) and selection.matches_offset(*tp, offset):
+                if selection.matches_time(row["timestamp_ms"]) and selection.matches_offset(
+                        topic, partition, offset, epoch):
                     yield seg, row
 
 
 # --- building, storing, finding versions ------------------------------------------------------------
-def _overlaps_offsets(selection: Selection, seg: SegmentManifest) -> bool:
+def _overlaps_offsets(selection: Selection, seg: SegmentManifest, newest: dict[tuple[str, int], int]) -> bool:
+    """Whether a range holds some of the segment's offsets, in the range's epoch (or the newest, for None)."""
     return selection.offsets is None or any(
         r.topic == seg.topic and r.partition == seg.partition and r.first_offset <= seg.last_offset
-        and seg.first_offset <= r.last_offset for r in selection.offsets)
+        and seg.first_offset <= r.last_offset
+        and seg.epoch == (r.epoch if r.epoch is not None else newest[(seg.topic, seg.partition)])
+        for r in selection.offsets)
 
 
 def build_version(storage: Storage, selection: Selection, segments: list[SegmentManifest] | None = None,
@@ -219,19 +249,23 @@ def build_version(storage: Storage, selection: Selection, segments: list[Segment
     """Read and verify the selected sealed segments and describe the version they make (not saved)."""
     if segments is None:
         segments = list_manifests(storage, selection.topics)
+    newest: dict[tuple[str, int], int] = {}
+    for s in segments:
+        newest[(s.topic, s.partition)] = max(s.epoch, newest.get((s.topic, s.partition), 0))
     segments = [s for s in segments if selection.matches_topic(s.topic)
-                and s.overlaps_time(selection.since_ms, selection.until_ms) and _overlaps_offsets(selection, s)]
+                and s.overlaps_time(selection.since_ms, selection.until_ms) and _overlaps_offsets(selection, s, newest)]
     hasher = ContentHasher()
     stats: dict[str, Any] = {}
     contributed: dict[str, int] = {}
-    parts: dict[str, dict[int, list[int]]] = {}
+    parts: dict[str, dict[int, dict[int, list[int]]]] = {}
     topic_info: dict[str, dict[str, Any]] = {}
     lo = hi = None
     for seg, row in merged_rows(storage, segments, selection, stats):
         rec = source_of(row)
-        hasher.add(rec)
+        hasher.add(rec, seg.epoch)
         contributed[seg.key] = contributed.get(seg.key, 0) + 1
-        span = parts.setdefault(rec.topic, {}).setdefault(rec.partition, [rec.offset, rec.offset, 0])
+        span = parts.setdefault(rec.topic, {}).setdefault(rec.partition, {}).setdefault(
+            seg.epoch, [rec.offset, rec.offset, 0])
         span[1] = rec.offset
         span[2] += 1
         info = topic_info.setdefault(rec.topic, {"kind": seg.kind, "records": 0, "invalid": 0})
@@ -240,17 +274,24 @@ def build_version(storage: Storage, selection: Selection, segments: list[Segment
         if rec.timestamp_ms is not None:
             lo = rec.timestamp_ms if lo is None else min(lo, rec.timestamp_ms)
             hi = rec.timestamp_ms if hi is None else max(hi, rec.timestamp_ms)
-    refs = [SegmentRef(key=s.key, sha256=s.sha256, kind=s.kind, topic=s.topic, partition=s.partition,
+    refs = [SegmentRef(key=s.key, sha256=s.sha256, kind=s.kind, topic=s.topic, partition=s.partition, epoch=s.epoch,
                        first_offset=s.first_offset, last_offset=s.last_offset, records=contributed[s.key])
             for s in segments if s.key in contributed]
     topics = {t: TopicSummary(kind=i["kind"], records=i["records"], invalid=i["invalid"], partitions={
-        p: PartitionSummary(first_offset=a, last_offset=b, records=n) for p, (a, b, n) in sorted(parts[t].items())})
-        for t, i in sorted(topic_info.items())}
+        p: _partition_summary(spans) for p, spans in sorted(parts[t].items())}) for t, i in sorted(topic_info.items())}
     return DatasetVersion(
         id=hasher.hexdigest(), created_at=time.time_ns() // 1_000_000, created_by=_who(), parent=parent,
         description=description, selection=selection, record_count=hasher.count,
         duplicates_dropped=stats["duplicates"], min_timestamp_ms=lo, max_timestamp_ms=hi, topics=topics,
         segments=refs)
+
+
+def _partition_summary(spans: dict[int, list[int]]) -> PartitionSummary:
+    epochs = {e: EpochSummary(first_offset=a, last_offset=b, records=n) for e, (a, b, n) in sorted(spans.items())}
+    return PartitionSummary(first_offset=min(e.first_offset for e in epochs.values()),
+                            last_offset=max(e.last_offset for e in epochs.values()),
+                            records=sum(e.records for e in epochs.values()),
+                            epochs={} if list(epochs) == [0] else epochs)
 
 
 def _who() -> str:
@@ -319,8 +360,8 @@ def verify_version(storage: Storage, version: DatasetVersion) -> list[str]:
     """Recompute the id from the listed segments; every problem found (empty = verified)."""
     try:
         hasher = ContentHasher()
-        for _seg, row in version_rows(storage, version):
-            hasher.add(source_of(row))
+        for seg, row in version_rows(storage, version):
+            hasher.add(source_of(row), seg.epoch)
     except (SegmentCorrupt, DatasetConflict, FileNotFoundError) as exc:
         return [str(exc)]
     problems = []

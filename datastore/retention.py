@@ -89,7 +89,7 @@ class CompactionReport:
 
 
 def compact(storage: Storage, below_records: int, target_records: int, dry_run: bool = False) -> CompactionReport:
-    """Merge runs of small sealed segments of one partition into segments of up to ``target_records``.
+    """Merge runs of small sealed segments of one partition and epoch into segments of up to ``target_records``.
 
     Small segments come from time-based sealing of a slow stream. Only segments no dataset version lists
     are merged (versions pin segments by sha256), and dataset ids do not change: they are defined over
@@ -104,9 +104,9 @@ def compact(storage: Storage, below_records: int, target_records: int, dry_run: 
     with storage.lock():
         referenced = referenced_segments(storage)
         runs: list[list[SegmentManifest]] = []
-        by_tp: dict[tuple[str, int], list[SegmentManifest]] = {}
-        for m in list_manifests(storage):
-            by_tp.setdefault((m.topic, m.partition), []).append(m)
+        by_tp: dict[tuple[str, int, int], list[SegmentManifest]] = {}
+        for m in list_manifests(storage):  # an epoch's segments are merged with its own only
+            by_tp.setdefault((m.topic, m.partition, m.epoch), []).append(m)
         for segments in by_tp.values():
             run: list[SegmentManifest] = []
             for m in segments:  # in offset order
@@ -128,7 +128,7 @@ def compact(storage: Storage, below_records: int, target_records: int, dry_run: 
             for run in runs:
                 first = run[0]
                 writer = SegmentWriter(storage, spool.dir, first.kind, first.topic, first.partition, first.wire_format,
-                                       first.codec, writer="compaction")
+                                       first.codec, writer="compaction", epoch=first.epoch)
                 for m in run:
                     for row in read_segment(storage, m.key, expected_sha256=m.sha256):
                         writer.append(source_of(row), row)

@@ -10,8 +10,8 @@ Only after step 3 is the segment part of the archive, and only then may the call
 crash before step 2 leaves an unsealed temp file that is discarded at restart; a crash between 2 and 3
 leaves a complete file without manifest, which ``datastore.catalog.recover`` completes.
 
-The bytes are deterministic: the sync marker is derived from (topic, partition, first offset) instead of
-being random, the header carries only fixed metadata, and blocks are cut by fastavro's byte threshold
+The bytes are deterministic: the sync marker is derived from (topic, partition, [epoch,] first offset)
+instead of being random, the header carries only fixed metadata, and blocks are cut by fastavro's byte threshold
 only. The same records therefore always give the same file and the same sha256.
 
 >>> import tempfile
@@ -60,8 +60,9 @@ def schema_sha256(schema_name: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def sync_marker(topic: str, partition: int, first_offset: int) -> bytes:
-    return hashlib.sha256(f"{topic}/{partition}/{first_offset}".encode()).digest()[:16]
+def sync_marker(topic: str, partition: int, first_offset: int, epoch: int = 0) -> bytes:
+    name = f"{topic}/{partition}/{first_offset}" if not epoch else f"{topic}/{partition}/e{epoch}/{first_offset}"
+    return hashlib.sha256(name.encode()).digest()[:16]
 
 
 class _HashingFile:
@@ -88,8 +89,9 @@ class SegmentWriter:
     """Appends rows of one (topic, partition) in offset order; ``seal`` publishes file + manifest."""
 
     def __init__(self, storage: Storage, spool: Path, kind: str, topic: str, partition: int, wire_format: str,
-                 codec: str, writer: str = "") -> None:
+                 codec: str, writer: str = "", epoch: int = 0) -> None:
         self.storage = storage
+        self.epoch = epoch
         self.spool = spool
         self.kind = kind
         self.schema_name = SCHEMA_OF_KIND[kind]
@@ -117,15 +119,17 @@ class SegmentWriter:
         return self._path
 
     def _open(self, first_offset: int) -> None:
-        self._path = self.spool / f"{self.topic}-{self.partition}-{first_offset:020d}.avro.part"
+        self._path = self.spool / f"{self.topic}-{self.partition}-e{self.epoch}-{first_offset:020d}.avro.part"
         self._fh = open(self._path, "wb")  # noqa: SIM115 - closed by seal/abort
         self._file = _HashingFile(self._fh)
         metadata = {"streamscore.segment": SEGMENT_FORMAT, "streamscore.kind": self.kind,
                     "streamscore.topic": self.topic, "streamscore.partition": str(self.partition),
                     "streamscore.wire_format": self.wire_format}
+        if self.epoch:  # epoch-0 files stay byte-identical to those written before epochs existed
+            metadata["streamscore.epoch"] = str(self.epoch)
         self._avro = Writer(self._file, parsed_archive_schema(self.schema_name), codec=self.codec,  # type: ignore
                             sync_interval=SYNC_INTERVAL, metadata=metadata, validator=False,
-                            sync_marker=sync_marker(self.topic, self.partition, first_offset))
+                            sync_marker=sync_marker(self.topic, self.partition, first_offset, self.epoch))
         self.first_offset = first_offset
         self.opened_at = time.monotonic()
 
@@ -136,7 +140,7 @@ class SegmentWriter:
         if self._avro is None:
             self._open(rec.offset)
         self._avro.write(row)  # type: ignore[union-attr]
-        self.content.add(rec)
+        self.content.add(rec, self.epoch)
         self.last_offset = rec.offset
         self.count += 1
         if row["invalid_reason"] is not None:
@@ -156,7 +160,8 @@ class SegmentWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         sha = self._file.sha.hexdigest()
-        key = segment_key(self.topic, self.partition, self.first_offset, self.last_offset, sha)  # type: ignore
+        key = segment_key(self.topic, self.partition, self.first_offset, self.last_offset, sha,  # type: ignore
+                          self.epoch)
         if self.storage.exists(key):  # same name = same offsets and same bytes: already sealed elsewhere
             self._path.unlink()
         else:
@@ -167,6 +172,7 @@ class SegmentWriter:
         manifest = SegmentManifest(
             key=key, kind=self.kind, schema_name=self.schema_name,  # type: ignore[arg-type]
             schema_sha256=schema_sha256(self.schema_name), topic=self.topic, partitions=[self.partition],
+            epoch=self.epoch,
             first_offset=self.first_offset, last_offset=self.last_offset, record_count=self.count,  # type: ignore
             wire_format=self.wire_format, codec=self.codec, bytes=self._file.size, sha256=sha,
             content_sha256=self.content.hexdigest(), min_timestamp_ms=self.min_ts, max_timestamp_ms=self.max_ts,
@@ -218,7 +224,7 @@ def verify_segment(storage: Storage, manifest: SegmentManifest) -> list[str]:
     if len(data) != manifest.bytes:
         problems.append(f"{len(data)} bytes != manifest {manifest.bytes}")
     try:
-        stats = scan_rows(_rows(data))
+        stats = scan_rows(_rows(data), manifest.epoch)
     except Exception as exc:  # fastavro raises many types on damaged input
         return [*problems, f"does not decode: {type(exc).__name__}: {exc}"]
     expected = (manifest.topic, manifest.partition, manifest.first_offset, manifest.last_offset,
@@ -233,7 +239,7 @@ def verify_segment(storage: Storage, manifest: SegmentManifest) -> list[str]:
     return [f"{manifest.key}: {p}" for p in problems]
 
 
-def scan_rows(rows: Iterator[dict[str, Any]]) -> dict[str, Any]:
+def scan_rows(rows: Iterator[dict[str, Any]], epoch: int = 0) -> dict[str, Any]:
     """Identity, offset range, count, content hash and timestamps of a row stream (for verify and recovery)."""
     content = ContentHasher()
     out: dict[str, Any] = {"topic": None, "partition": None, "first": None, "last": None, "count": 0,
@@ -246,7 +252,7 @@ def scan_rows(rows: Iterator[dict[str, Any]]) -> dict[str, Any]:
             out["increasing"] = False
         out["last"] = rec.offset
         out["count"] += 1
-        content.add(rec)
+        content.add(rec, epoch)
         if rec.timestamp_ms is not None:
             out["min_ts"] = rec.timestamp_ms if out["min_ts"] is None else min(out["min_ts"], rec.timestamp_ms)
             out["max_ts"] = rec.timestamp_ms if out["max_ts"] is None else max(out["max_ts"], rec.timestamp_ms)
@@ -261,14 +267,16 @@ def manifest_from_file(storage: Storage, key: str, sealed_by: str = "recovery") 
     data = storage.get_bytes(key)
     reader = fastavro.reader(io.BytesIO(data))
     meta = reader.metadata
-    stats = scan_rows(iter(reader))  # type: ignore[arg-type]
+    epoch = int(meta.get("streamscore.epoch", 0))
+    stats = scan_rows(iter(reader), epoch)  # type: ignore[arg-type]
     kind = meta["streamscore.kind"]
     bloom = BloomFilter.for_count(len(stats["ids"]))
     for eid in stats["ids"]:
         bloom.add(eid)
     return SegmentManifest(
         key=key, kind=kind, schema_name=SCHEMA_OF_KIND[kind], schema_sha256=schema_sha256(SCHEMA_OF_KIND[kind]),
-        topic=stats["topic"], partitions=[stats["partition"]], first_offset=stats["first"], last_offset=stats["last"],
+        topic=stats["topic"], partitions=[stats["partition"]], epoch=epoch, first_offset=stats["first"],
+        last_offset=stats["last"],
         record_count=stats["count"], wire_format=meta["streamscore.wire_format"], codec=meta.get("avro.codec", "null"),
         bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), content_sha256=stats["content"],
         min_timestamp_ms=stats["min_ts"], max_timestamp_ms=stats["max_ts"], invalid_count=stats["invalid"],
