@@ -445,7 +445,9 @@ class RegistryFollower:
                 raise fail(f"version entry {version!r} describes {mv.name}@{mv.version}")
             try:
                 _check_name(version, "version")
-                artifact_dir(self.root, mv)
+                _check_path(mv)
+                if self.verify_artifacts:  # symlinks out of the store (the CLI meets them at promote and load)
+                    artifact_dir(self.root, mv)
             except RegistryError as exc:
                 raise fail(str(exc)) from None
             if version not in before:
@@ -817,12 +819,16 @@ def _store_dir(root: Path, name: str, version: str) -> Path:
         raise RegistryError(str(exc)) from None
 
 
-def artifact_dir(root: str | Path, mv: ModelVersion) -> Path:
-    """Where ``mv``'s artifact is: only ever ``<root>/models/<name>/<version>``, whatever a record claims."""
+def _check_path(mv: ModelVersion) -> None:
     expected = f"models/{mv.name}/{mv.version}"
     if mv.path != expected:
         raise RegistryError(f"{mv.name}@{mv.version}: artifact path {mv.path!r} is not {expected!r}; registry "
                             "artifacts live only in the registry's models/<name>/<version>")
+
+
+def artifact_dir(root: str | Path, mv: ModelVersion) -> Path:
+    """Where ``mv``'s artifact is: only ever ``<root>/models/<name>/<version>``, whatever a record claims."""
+    _check_path(mv)
     return _store_dir(Path(root), mv.name, mv.version)
 
 
