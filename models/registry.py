@@ -176,7 +176,10 @@ def sign_record(record: RegistryRecord, key: bytes) -> RegistryRecord:
 
 
 class RegistryState:
-    """Latest record per key, folded from records in any order (higher ``seq`` wins)."""
+    """Latest record per key, folded from records in any order (higher ``seq`` wins).
+
+    Trusts what it is given: records from a topic or a file go through ``RegistryFollower`` first.
+    """
 
     def __init__(self, records: Iterable[RegistryRecord] = ()) -> None:
         self.records: dict[str, RegistryRecord] = {}
