@@ -2,13 +2,14 @@
 
 ``ModelRegistry.register_river`` copies a snapshot directory of the online-learning store
 (``<snapshot_dir>/<learner>/vNNNNNN/{model.pkl, snapshot.json}``) into the registry after verifying it
-(sha256, and the HMAC when ``STREAMSCORE_SNAPSHOT_HMAC_KEY`` is set). ``RiverScorer`` then serves it
+(sha256 and the signature under the deployment key, ``models.signing``). ``RiverScorer`` then serves it
 with the scoring interface of ``OnnxScorer``, so a River snapshot can be champion, a canary or a bandit
 arm against ONNX versions. The registered snapshot is frozen: it does not keep learning (the online
 learning lane, docs/online_learning.md, is where learning happens).
 
-The pickle is only unpickled after its sha256 matched the registered one, and with the allowlist of
-``online_learning.snapshots.loads_state``.
+The pickle is only unpickled after its sha256 matched the registered one (pinned by a signed registry
+record), with the exact allowlist of ``online_learning.snapshots.loads_state``, and what comes out must
+be the model class of the learner spec the snapshot names.
 
 >>> import tempfile
 >>> import numpy as np
@@ -41,12 +42,14 @@ class RiverSnapshotError(ValueError):
     pass
 
 
-def read_snapshot(snapshot_dir: str | Path, hmac_key: str | None = None) -> tuple[SnapshotMeta, bytes]:
-    """Meta and verified artifact bytes of ``<root>/<learner>/vNNNNNN`` (sha256, and HMAC when keyed)."""
+def read_snapshot(snapshot_dir: str | Path, hmac_key: str | bytes | None = None, *, key_file: str | Path | None = None,
+                  create_key: bool = True) -> tuple[SnapshotMeta, bytes]:
+    """Meta and verified artifact bytes of ``<root>/<learner>/vNNNNNN`` (sha256 and signature, see SnapshotStore)."""
     path = Path(snapshot_dir)
     if not (path / META).exists() or not path.name.startswith("v") or not path.name[1:].isdigit():
         raise RiverSnapshotError(f"{path} is not a snapshot directory (<snapshot_dir>/<learner>/vNNNNNN with {META})")
-    return SnapshotStore(path.parent.parent, path.parent.name, hmac_key).verified_bytes(int(path.name[1:]))
+    store = SnapshotStore(path.parent.parent, path.parent.name, hmac_key, key_file=key_file, create_key=create_key)
+    return store.verified_bytes(int(path.name[1:]))
 
 
 def flat_metrics(meta: SnapshotMeta) -> dict[str, float]:
@@ -77,9 +80,22 @@ class RiverScorer:
 
 def load_river_dir(path: Path, sha256: str, name: str, version: str) -> RiverScorer:
     """Load a registered snapshot copy, refusing bytes that are not the registered ones (before unpickling)."""
-    meta = SnapshotMeta.model_validate_json((path / META).read_bytes())
-    data = (path / ARTIFACT).read_bytes()
+    try:
+        meta = SnapshotMeta.model_validate_json((path / META).read_bytes())
+        data = (path / ARTIFACT).read_bytes()
+    except FileNotFoundError as exc:
+        raise RiverSnapshotError(f"{name}@{version}: artifact missing at {path} ({exc.filename})") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256 or meta.sha256 != sha256:
         raise RiverSnapshotError(f"{name}@{version}: snapshot sha256 {digest} is not the registered {sha256}")
-    return RiverScorer(name, version, meta, loads_state(data)["model"])
+    try:
+        spec = get_spec(meta.learner)
+    except KeyError as exc:
+        raise RiverSnapshotError(f"{name}@{version}: {exc.args[0]}") from None
+    state = loads_state(data)
+    model = state.get("model") if isinstance(state, dict) else None
+    expected = type(spec.build())
+    if type(model) is not expected:  # a signed pickle of something else is still not this learner
+        raise RiverSnapshotError(f"{name}@{version}: snapshot holds {type(model).__name__}, not the "
+                                 f"{expected.__name__} of learner {meta.learner}")
+    return RiverScorer(name, version, meta, model)

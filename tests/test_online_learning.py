@@ -368,11 +368,11 @@ def test_the_allowlist_refuses_a_pickle_that_imports_anything_else():
 
 
 def test_hmac_signed_snapshots_need_the_key(tmp_path):
-    signed = SnapshotStore(tmp_path, "logreg", hmac_key="k1")
+    signed = SnapshotStore(tmp_path, "logreg", hmac_key="k1" * 8)
     meta = write(signed, 1, {"n": 1})
     assert meta.hmac_sha256 and signed.load(1)[1] == {"n": 1}
     with pytest.raises(SnapshotIntegrityError, match="HMAC"):
-        SnapshotStore(tmp_path, "logreg", hmac_key="k2").load(1)
+        SnapshotStore(tmp_path, "logreg", hmac_key="k2" * 8).load(1)
     write(SnapshotStore(tmp_path, "logreg"), 2, {"n": 2})  # unsigned, e.g. written by an attacker
     with pytest.raises(SnapshotIntegrityError, match="HMAC"):
         signed.load(2)
