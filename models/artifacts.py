@@ -12,7 +12,7 @@ A trainer must never destroy a model it did not make, nor swap one under a runni
   files are being renamed, ``.writing`` lists their sha256s, so a model.onnx left by a crash between
   renames is recognised as ours, not mistaken for a foreign model.
 
-``ensure_demo_model`` is the worker's start-up policy: serve the folder it was given, train the demo
+``models.train_demo.ensure_demo_model`` is the worker's start-up policy: serve the folder it was given, train the demo
 only into the demo's own default folder, and answer anything else with a one-line ``ModelDirError``.
 
 >>> import tempfile
@@ -36,8 +36,6 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-
-from pydantic import ValidationError
 
 from models.card import CARD_FILENAME, ModelCard
 from models.onnx_scorer import MODEL_FILENAME
@@ -154,39 +152,3 @@ def write_artifacts(directory: str | Path, files: Mapping[str, bytes], *, force:
         marker.unlink()
         _fsync_dir(directory)
     return True
-
-
-def ensure_demo_model(model_dir: str | Path, default_dir: str | Path, *, setting: str = DEFAULT_SETTING) -> Path:
-    """Return ``model_dir`` if it holds a model; train the demo there only if it is ``default_dir``.
-
-    ``default_dir`` is the demo's own folder (artifacts/models/demo-risk/1 relative to the working
-    directory). Any other folder without model.onnx + model_card.json raises ``ModelDirError`` with
-    a one-line message naming ``setting`` (the variable the folder came from); the demo model is
-    never written into a folder the user chose.
-    """
-    model_dir = Path(model_dir)
-    has_model, has_card = (model_dir / MODEL_FILENAME).is_file(), (model_dir / CARD_FILENAME).is_file()
-    where = f"{setting}={model_dir}"
-    fix = "point it at a model folder (model.onnx + model_card.json), or unset it to use the demo model"
-    if has_model and has_card:
-        try:
-            ModelCard.load(model_dir)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "card"
-            raise ModelDirError(f"{where}: model_card.json is not a valid model card ({field}: {first['msg']}); "
-                                f"{fix}") from None
-        return model_dir
-    if has_model and not has_card and foreign_model_error(model_dir) is not None:
-        raise ModelDirError(f"{where} has a model.onnx but no model_card.json (the worker verifies the model "
-                            f"against its card); {fix}")
-    if model_dir.resolve() == Path(default_dir).resolve() and not has_card:
-        from models.train_demo import train_demo_model  # sklearn is only needed here
-
-        train_demo_model(model_dir)
-        return model_dir
-    if not model_dir.exists():
-        raise ModelDirError(f"{where} does not exist; {fix}")
-    if not model_dir.is_dir():
-        raise ModelDirError(f"{where} is not a folder; {fix}")
-    raise ModelDirError(f"{where} has no model.onnx + model_card.json; {fix}")

@@ -24,16 +24,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
 from sklearn.ensemble import GradientBoostingClassifier
 
-from models.artifacts import ModelDirError, foreign_model_error
-from models.card import ModelCard
+from models.artifacts import DEFAULT_SETTING, ModelDirError, foreign_model_error
+from models.card import CARD_FILENAME, ModelCard
 from models.demo import CLASS_NAMES, FEATURE_NAMES, make_dataset
+from models.onnx_scorer import MODEL_FILENAME
 from models.recipe import Recipe
 from models.training import PARITY_TOLERANCE, Split, export, fit, split_data
 
-__all__ = ["DEFAULT_OUT", "PARITY_TOLERANCE", "DemoSplit", "ModelDirError", "demo_recipe", "export_demo_model",
-           "fit_demo_classifier", "main", "train_demo_model"]
+__all__ = ["DEFAULT_OUT", "PARITY_TOLERANCE", "DemoSplit", "ModelDirError", "demo_recipe", "ensure_demo_model",
+           "export_demo_model", "fit_demo_classifier", "main", "train_demo_model"]
 
 DEFAULT_OUT = Path("artifacts/models/demo-risk/1")
 DEFAULT_SEED = 7
@@ -118,6 +120,40 @@ def train_demo_model(
     folder it must not write (see models.artifacts); ``force`` replaces a different model of ours.
     """
     return _train(out_dir, seed, n, name, version, data_dir, force)[0]
+
+
+def ensure_demo_model(model_dir: str | Path, default_dir: str | Path, *, setting: str = DEFAULT_SETTING) -> Path:
+    """Return ``model_dir`` if it holds a model; train the demo there only if it is ``default_dir``.
+
+    ``default_dir`` is the demo's own folder (artifacts/models/demo-risk/1 relative to the working
+    directory). Any other folder without model.onnx + model_card.json raises ``ModelDirError`` with
+    a one-line message naming ``setting`` (the variable the folder came from); the demo model is
+    never written into a folder the user chose.
+    """
+    model_dir = Path(model_dir)
+    has_model, has_card = (model_dir / MODEL_FILENAME).is_file(), (model_dir / CARD_FILENAME).is_file()
+    where = f"{setting}={model_dir}"
+    fix = "point it at a model folder (model.onnx + model_card.json), or unset it to use the demo model"
+    if has_model and has_card:
+        try:
+            ModelCard.load(model_dir)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "card"
+            raise ModelDirError(f"{where}: model_card.json is not a valid model card ({field}: {first['msg']}); "
+                                f"{fix}") from None
+        return model_dir
+    if has_model and not has_card and foreign_model_error(model_dir) is not None:
+        raise ModelDirError(f"{where} has a model.onnx but no model_card.json (the worker verifies the model "
+                            f"against its card); {fix}")
+    if model_dir.resolve() == Path(default_dir).resolve() and not has_card:
+        train_demo_model(model_dir)
+        return model_dir
+    if not model_dir.exists():
+        raise ModelDirError(f"{where} does not exist; {fix}")
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{where} is not a folder; {fix}")
+    raise ModelDirError(f"{where} has no model.onnx + model_card.json; {fix}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,8 +39,8 @@ from sklearn.pipeline import Pipeline
 from models.artifacts import foreign_model_error, write_artifacts
 from models.card import CARD_FILENAME, ModelCard, dataset_sha256, sha256_bytes
 from models.onnx_scorer import MODEL_FILENAME, OnnxScorer
-from streams.drift.profile import PROFILE_FILENAME, build_profile
 from models.recipe import Recipe
+from streams.drift.profile import PROFILE_FILENAME, build_profile
 
 # skl2onnx lowers these to the opsets the graph actually needs (16 / ml 1 for the demo GBT), which
 # keeps the artifact loadable by every onnxruntime the project allows (>= 1.18).

@@ -16,13 +16,13 @@ import pytest
 from pydantic import ValidationError
 
 import models.artifacts as artifacts
-from models.artifacts import ModelDirError, ensure_demo_model, write_artifacts
+from models.artifacts import ModelDirError, write_artifacts
 from models.card import ModelCard
 from models.demo import CLASS_NAMES, FEATURE_NAMES, make_dataset
 from models.onnx_scorer import OnnxScorer
 from models.recipe import Recipe
 from models.serving import LEASE_PREFIX, hold_serving_lease, serving_pids
-from models.train_demo import DEFAULT_OUT, demo_recipe, main, train_demo_model
+from models.train_demo import DEFAULT_OUT, demo_recipe, ensure_demo_model, main, train_demo_model
 from models.training import train
 
 REPO = Path(__file__).resolve().parents[2]
