@@ -17,13 +17,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.signing import resolve_key
 from streams.drift.thresholds import DriftThresholds
 from streams.routing.spec import RouteSpec
 
 InputFormat = Literal["json", "avro", "auto"]
+
+# Settings that are never printed, dumped or logged (repr=False, exclude=True); as_env() hands them on.
+SECRET_FIELDS = ("sasl_password", "signing_key", "snapshot_hmac_key")
 
 
 class Settings(BaseSettings):
@@ -89,7 +93,7 @@ class Settings(BaseSettings):
     engine: Literal["faust", "batch"] = Field(
         "faust",
         description="'faust': a Faust agent reading micro-batches with stream.noack_take(); "
-        "'batch': a confluent-kafka batch lane "
+        "'batch': a confluent-kafka batch engine "
         "hosted by the same worker, for throughput beyond Faust's per-event overhead.",
     )
     batch_size: int = Field(256, ge=1, description="Max events per scoring micro-batch.")
@@ -123,7 +127,7 @@ class Settings(BaseSettings):
     snapshot_every_s: float = Field(60.0, gt=0, description="...or this long after the last snapshot.")
     snapshot_poll_s: float = Field(1.0, gt=0, description="How often workers look for a newer snapshot.")
     snapshot_hmac_key: str | None = Field(
-        None, repr=False, description="When set, snapshots are HMAC-SHA256 signed and unsigned ones refused.",
+        None, repr=False, exclude=True, description="Older name of signing_key (kept working); never printed.",
     )
     learner_classes: tuple[str, str] = Field(
         ("legit", "risky"), description="Binary learners: (negative, positive) class names, as in the model card.",
@@ -189,6 +193,14 @@ class Settings(BaseSettings):
     drift_label_join_size: int = Field(100_000, ge=1, description="Input rows the drift lane keeps by event id "
                                        "for their labels (oldest dropped first; join_ttl_s also applies).")
 
+    # --- control plane: signatures of registry records and learner snapshots ----------------------------
+    signing_key: str | None = Field(
+        None, repr=False, exclude=True, description="HMAC-SHA256 key (>= 16 characters) that signs and verifies "
+        "registry records and learner snapshots; never printed. Prefer signing_key_file.")
+    signing_key_file: Path | None = Field(
+        None, description="File holding the signing key (a mounted secret). Unset: <state_dir>/signing-key, "
+        "generated on first use with the embedded broker only; on Kafka a key must be given.")
+
     # --- model registry and routing (docs/registry.md) ------------------------------------------------
     registry_model: str | None = Field(
         None, description="Registry model name the worker serves (its champion, or as routes say); changes are "
@@ -233,6 +245,16 @@ class Settings(BaseSettings):
         for spec in value.values():
             RouteSpec.model_validate(spec)
         return value
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file if self.signing_key_file is not None else self.state_dir / "signing-key"
+
+    def signing_key_bytes(self) -> bytes:
+        """The deployment's signing key: the setting, else its file; generated there only on the embedded broker
+        (a development set-up), so a production worker without a key stops with one clear line."""
+        return resolve_key(self.signing_key or self.snapshot_hmac_key, self.signing_key_file,
+                           default_file=self.state_dir / "signing-key", create=self.is_embedded)
 
     @property
     def registry_path(self) -> Path:
@@ -284,8 +306,10 @@ class Settings(BaseSettings):
             if value is not None:
                 text = json.dumps(value) if isinstance(value, dict | list) else str(value)
                 env[f"STREAMSCORE_{name.upper()}"] = text
-        if self.sasl_password is not None and self.sasl_password_file is None:  # a file is read again instead
-            env["STREAMSCORE_SASL_PASSWORD"] = self.sasl_password
+        for name in SECRET_FIELDS:  # excluded from model_dump; a *_file is read again instead
+            value = getattr(self, name)
+            if value is not None and getattr(self, f"{name}_file", None) is None:
+                env[f"STREAMSCORE_{name.upper()}"] = value
         return env
 
     @property
@@ -295,17 +319,65 @@ class Settings(BaseSettings):
         at 0.2 cores each (measured); 250 ms halves that."""
         return max(self.fetch_wait_ms, 250)
 
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> Settings:
+        """A copy with ``update`` applied; derived values (scopes, worker name) are derived again from it."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in _DERIVED:
+            copy.__dict__.pop(name, None)
+        return copy
+
+    @cached_property
+    def kafka(self) -> KafkaSettings:
+        """The Kafka scope (``KafkaSettings``): what every client is built from."""
+        return KafkaSettings.of(self)
+
+    @cached_property
+    def scoring(self) -> ScoringSettings:
+        """The scoring scope (``ScoringSettings``): what the pipeline and the engines read."""
+        return ScoringSettings.of(self)
+
     def group_consumer_config(self, group_id: str) -> dict[str, str | int | bool]:
-        """A confluent-kafka consumer in ``group_id`` that commits by hand (only what it has finished)."""
-        return {
-            **self.kafka_client_config(),
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": self.session_timeout_ms,
-            "heartbeat.interval.ms": self.heartbeat_interval_ms,
-            "fetch.wait.max.ms": self.fetch_wait_ms,
-        }
+        return self.kafka.group_consumer_config(group_id)
+
+    def kafka_client_config(self) -> dict[str, str | int]:
+        return self.kafka.kafka_client_config()
+
+
+# --- scopes: what each part of the worker may read -------------------------------------------------------
+# ``Settings`` is the one flat surface users configure (every STREAMSCORE_* name stays as it is); each
+# object receives only the scope it needs, a frozen view with the same field names.
+
+
+_DERIVED = ("kafka", "scoring", "worker_name")  # cached properties of Settings
+
+
+class _Scope(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Scope:
+        return cls.model_validate({name: getattr(settings, name) for name in cls.model_fields})
+
+
+class KafkaSettings(_Scope):
+    """How every Kafka client connects, joins groups, fetches and commits."""
+
+    app_id: str
+    bootstrap_servers: str
+    is_embedded: bool
+    security_protocol: str
+    sasl_mechanism: str | None
+    sasl_username: str | None
+    sasl_password: str | None = Field(repr=False, exclude=True)
+    ssl_cafile: Path | None
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    fetch_wait_ms: int
+    background_fetch_wait_ms: int
+    producer_idempotence: bool
+    commit_interval_s: float
+    partitions: int
+    replication_factor: int
 
     def kafka_client_config(self) -> dict[str, str | int]:
         """librdkafka settings shared by every confluent-kafka client we create."""
@@ -323,3 +395,35 @@ class Settings(BaseSettings):
         if self.security_protocol.endswith("SSL") and self.ssl_cafile is not None:
             conf["ssl.ca.location"] = str(self.ssl_cafile)
         return conf
+
+    def group_consumer_config(self, group_id: str) -> dict[str, str | int | bool]:
+        """A confluent-kafka consumer in ``group_id`` that commits by hand (only what it has finished)."""
+        return {
+            **self.kafka_client_config(),
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": self.heartbeat_interval_ms,
+            "fetch.wait.max.ms": self.fetch_wait_ms,
+        }
+
+
+class ScoringSettings(_Scope):
+    """The scoring path: input topics and formats, micro-batches, limits, outputs, the served model."""
+
+    engine: str
+    input_topics: dict[str, InputFormat]
+    prediction_topic: str
+    dead_letter_topic: str
+    batch_size: int
+    batch_within_ms: float
+    max_payload_bytes: int
+    model_dir: Path
+    worker_name: str
+    commit_interval_s: float
+
+
+class SCOPES:  # noqa: N801 - a namespace: scope name -> scope class, for the docs and the tests
+    kafka = KafkaSettings
+    scoring = ScoringSettings

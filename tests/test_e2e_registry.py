@@ -104,7 +104,7 @@ def predictions(settings, topic: str, wanted: set[str], timeout: float = 60) -> 
 def send_labels(settings, events: list[dict], seed: int) -> None:
     """The true class of each event (sample_events(seed, n) rows are make_dataset(seed, n) rows)."""
     _X, y = make_dataset(seed, len(events))
-    publisher = Publisher(settings)
+    publisher = Publisher(settings.kafka)
     publisher.send_batch([
         Outbound(settings.labels_topic, e["event_id"].encode(),
                  encode_label(Label(event_id=e["event_id"], label=CLASS_NAMES[int(label)], label_time=0)))

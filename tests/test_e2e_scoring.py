@@ -1,6 +1,6 @@
 """End to end over the embedded broker: real producer -> real worker process -> output topics.
 
-Each test runs once per engine (Faust agent and batch lane).
+Each test runs once per engine (Faust agent and batch engine).
 """
 
 from __future__ import annotations

@@ -358,7 +358,7 @@ def test_register_a_river_snapshot_and_score_it_like_any_version(registry, versi
 
     settings = Settings(registry_model="demo-risk", registry_dir=registry.root, worker_id="w",
                         routes={"*": {"policy": "ab", "variants": {"champion": 50, "challenger": 50}}})
-    pipeline = ScoringPipeline(settings, registry.load_scorer("demo-risk", "1"))
+    pipeline = ScoringPipeline(settings.scoring, registry.load_scorer("demo-risk", "1"))
     pipeline.router = Router(TableBuilder(settings, tuple(FEATURE_NAMES)).build(registry.state, None))
     events = sample_events(33, 300, n_entities=300)
     result = pipeline.process([InboundMessage("features", 0, i, None, orjson.dumps(e)) for i, e in enumerate(events)])

@@ -111,7 +111,7 @@ def settings_for(registry: ModelRegistry, **routes: dict) -> Settings:
 
 def pipeline_with(settings: Settings, registry: ModelRegistry) -> tuple[ScoringPipeline, TableBuilder]:
     scorer = registry.load_scorer("demo-risk", "1")
-    pipeline = ScoringPipeline(settings, scorer)
+    pipeline = ScoringPipeline(settings.scoring, scorer)
     builder = TableBuilder(settings, scorer.feature_names)
     pipeline.router = Router(builder.build(registry.state, None), Feedback(60, 10_000), shadow_topic="shadow")
     return pipeline, builder
@@ -162,14 +162,14 @@ def test_table_rebuild_keeps_unchanged_lanes_and_their_learning(registry):
     settings = settings_for(registry, features={"policy": "bandit", "arms": ["1", "2"], "seed": 1})
     pipeline, builder = pipeline_with(settings, registry)
     result = pipeline.process(batch(5, 200))
-    lane = pipeline.router.table.lane("features")
+    lane = pipeline.router.table.route_for("features")
     truth = {orjson.loads(o.value)["event_id"]: orjson.loads(o.value)["label"] for o in result.outputs}
     rewarded = sum(pipeline.router.learn(event_id, label, None) for event_id, label in truth.items())
     assert rewarded == 200 and sum(s["n"] for s in lane.policy.stats().values()) == 200
     assert all(s["mean_reward"] in (None, 1.0) for s in lane.policy.stats().values())  # every label agreed
     assert not pipeline.router.learn("evt-5-0", "risky", None)  # taken already: a duplicate label is no reward
     rebuilt = builder.build(registry.state, pipeline.router.table)  # e.g. after an unrelated registry change
-    assert rebuilt.lane("features") is lane and rebuilt.generation == 2
+    assert rebuilt.route_for("features") is lane and rebuilt.generation == 2
 
 
 def test_canary_breach_routes_to_the_baseline_at_once_and_reports_it(registry):
@@ -187,7 +187,7 @@ def test_canary_breach_routes_to_the_baseline_at_once_and_reports_it(registry):
     after = [orjson.loads(o.value) for o in pipeline.process(batch(7, 100)).outputs]
     assert breaches and breaches[0][:2] == ("features", "canary") and "error rate 1.00" in breaches[0][2]
     assert {p["model_version"] for p in after} == {"1"}
-    assert pipeline.router.table.lane("features").spec.rolled_back == breaches[0][2]
+    assert pipeline.router.table.route_for("features").spec.rolled_back == breaches[0][2]
 
 
 class _Broken:
@@ -204,7 +204,7 @@ def test_a_failing_canary_falls_back_to_the_baseline_and_loses_no_event(registry
                                                  "min_events": 1000})
     pipeline, _ = pipeline_with(settings, registry)
     table = pipeline.router.table
-    lane = table.lane("features")
+    lane = table.route_for("features")
     broken_lane = type(lane)(lane.spec, lane.policy, (lane.scorers[0], _Broken()))  # type: ignore[arg-type]
     pipeline.router.swap(type(table)({"features": broken_lane}, table.default, table.generation))
     result = pipeline.process(batch(8, 300))

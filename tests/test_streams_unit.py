@@ -75,7 +75,7 @@ def test_observe_many_matches_one_observe_per_value():
 @pytest.fixture(scope="module")
 def pipeline(model_dir) -> ScoringPipeline:
     settings = Settings(model_dir=model_dir, input_topics={"in": "json", "in-avro": "avro"}, worker_id="unit")
-    return ScoringPipeline(settings, OnnxScorer.from_dir(model_dir))
+    return ScoringPipeline(settings.scoring, OnnxScorer.from_dir(model_dir))
 
 
 def messages(topic: str, payloads) -> list[InboundMessage]:

@@ -120,7 +120,7 @@ class ArchiveLane(BackgroundThread):
             log.exception("archive lane stopped")
 
     def run(self) -> None:
-        consumer = clients.consumer(self.settings, self.group_id, background=True)
+        consumer = clients.consumer(self.settings.kafka, self.group_id, background=True)
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stopping.is_set():

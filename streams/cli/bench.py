@@ -47,8 +47,8 @@ def raw_kafka_loop(settings: Settings, topic: str, n: int) -> float:
     """Events/s of a bare confluent-kafka loop: consume, produce one output each, commit after delivery."""
     out = f"{topic}-raw-out"
     ensure_topics(settings, [out])
-    consumer = clients.consumer(settings, f"raw-{uuid.uuid4().hex[:8]}")
-    producer = clients.producer(settings)
+    consumer = clients.consumer(settings.kafka, f"raw-{uuid.uuid4().hex[:8]}")
+    producer = clients.producer(settings.kafka)
     consumer.subscribe([topic])
     done, started, last_commit = 0, None, time.monotonic()
     while done < n:
@@ -172,6 +172,6 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 20
                       f"{row['events_per_s']:,.0f}", f"{row['events_per_s'] / onnx_rate:.2f}*", "", "")
     console.print(table)
     console.print("* River rows: ratio to raw onnxruntime rows/s.")
-    console.print(f"ratio = events/s ÷ raw Kafka loop; scoring cost share of the batch lane: "
+    console.print(f"ratio = events/s ÷ raw Kafka loop; scoring cost share of the batch engine: "
                   f"{results['engine=batch']['throughput'] / onnx_rate:.2f} of raw ONNX rows/s; "
                   f"latency at {paced_rate} events/s paced load, event time → prediction on the broker.")

@@ -33,7 +33,7 @@ def broker_status() -> None:
     status = EmbeddedBroker(s).status()
     console.print(status)
     if status.running:
-        topics = clients.admin(s).list_topics(timeout=5).topics
+        topics = clients.admin(s.kafka).list_topics(timeout=5).topics
         for name, meta in sorted(topics.items()):
             console.print(f"  {name}  ({len(meta.partitions)} partitions)")
     else:

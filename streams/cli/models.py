@@ -221,7 +221,7 @@ def _events_from_topic(s: Settings, topic: str, last: int) -> list[dict]:
 
     from schemas.codecs import InvalidEvent, decode_feature_event
 
-    consumer = clients.standalone_consumer(s, "streamscore-diff")
+    consumer = clients.standalone_consumer(s.kafka, "streamscore-diff")
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:

@@ -97,7 +97,7 @@ def produce(
     chunk: int = 1000,
 ) -> int:
     """Produce keyed payloads (optionally at ``rate`` events/s) and wait until all are delivered."""
-    publisher = Publisher(settings, **{"linger.ms": 5})
+    publisher = Publisher(settings.kafka, **{"linger.ms": 5})
     publisher.connect(topic)  # so a paced stream is not held up behind the first metadata request
     sent, started, buffer = 0, time.monotonic(), []
     deliveries = []

@@ -256,7 +256,7 @@ class DriftLane(BackgroundThread):
         s = self.settings
         # A new drift group starts at the beginning like the scoring groups; later it resumes from its
         # commits. Reading history only fills the window: alerts are about what the window holds.
-        consumer = clients.consumer(s, self.group_id, background=True, **{
+        consumer = clients.consumer(s.kafka, self.group_id, background=True, **{
             "enable.auto.commit": True, "auto.commit.interval.ms": int(s.commit_interval_s * 1000)})
         topics = list(s.input_topics) + ([s.labels_topic] if s.drift_concept else [])
         consumer.subscribe(topics, on_assign=lambda *_: self.assigned.set())
@@ -290,7 +290,7 @@ class DriftService(Service):
         if settings.drift_concept:  # one partition, as online learning needs it (streams/learning/lane.py)
             single = settings.model_copy(update={"partitions": 1})
             await self.loop.run_in_executor(None, ensure_topics, single, [settings.labels_topic])
-        self.publisher = Publisher(settings)
+        self.publisher = Publisher(settings.kafka)
         self.lane.start()  # joins its group on its own thread: nothing here waits for the join
 
     async def evaluate(self) -> DriftRecord | None:

@@ -58,7 +58,7 @@ def record_from_input(settings: Settings, n_events: int) -> DriftRecord:
         raise ValueError(f"{settings.model_dir} has no reference profile")
     monitor = DriftMonitor(settings.model_copy(update={"drift_window": n_events}), scorer, *reference,
                            worker="streamscore drift report")
-    consumer = clients.standalone_consumer(settings, "streamscore-drift-report")
+    consumer = clients.standalone_consumer(settings.kafka, "streamscore-drift-report")
     try:
         metadata = consumer.list_topics(timeout=10).topics
         partitions = [(t, p) for t in settings.input_topics if t in metadata for p in metadata[t].partitions]

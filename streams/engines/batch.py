@@ -1,4 +1,4 @@
-"""The batch lane: a confluent-kafka consume loop for throughput beyond Faust's per-event overhead.
+"""The batch engine: a confluent-kafka consume loop for throughput beyond Faust's per-event overhead.
 
 Measured on the 2-core reference machine, Faust's stream machinery tops out near 15k events/s even
 for an agent that does nothing, while librdkafka hands over batches at >1M/s. This lane keeps the
@@ -22,21 +22,23 @@ from confluent_kafka import Consumer, TopicPartition
 from streams.kafka import clients
 from streams.kafka.publisher import Delivery, Publisher
 from streams.scoring.pipeline import InboundMessage, ScoringPipeline
-from streams.settings import Settings
+from streams.settings import KafkaSettings, ScoringSettings
 
 log = logging.getLogger(__name__)
 
 Offsets = dict[tuple[str, int], int]
 
 
-class BatchLane:
+class BatchEngine:
     max_in_flight = 32  # batches produced but not yet acknowledged
 
-    def __init__(self, settings: Settings, pipeline: ScoringPipeline, publisher: Publisher) -> None:
-        self.settings = settings
+    def __init__(self, kafka: KafkaSettings, scoring: ScoringSettings, pipeline: ScoringPipeline,
+                 publisher: Publisher) -> None:
+        self.kafka = kafka
+        self.settings = scoring
         self.pipeline = pipeline
         self.publisher = publisher
-        self.group_id = f"{settings.app_id}-batch"
+        self.group_id = f"{kafka.app_id}-batch"
         self.stopping = threading.Event()
         self.assigned = threading.Event()
         self._in_flight: deque[tuple[Delivery, Offsets]] = deque()
@@ -56,7 +58,7 @@ class BatchLane:
 
     def run(self) -> None:
         s = self.settings
-        consumer = clients.consumer(s, self.group_id)
+        consumer = clients.consumer(self.kafka, self.group_id)
         consumer.subscribe(list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         within = s.batch_within_ms / 1000
         try:
@@ -106,10 +108,10 @@ class BatchLane:
         self._commit_acknowledged(consumer, force=True)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("batch lane assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        log.info("batch engine assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
         self.assigned.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish and commit what we hold before another member takes these partitions over.
         self._drain(consumer)
-        log.info("batch lane revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        log.info("batch engine revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])

@@ -18,7 +18,7 @@ import faust
 
 from streams.kafka.publisher import Delivery, Publisher
 from streams.scoring.pipeline import InboundMessage, ScoringPipeline
-from streams.settings import Settings
+from streams.settings import KafkaSettings, ScoringSettings
 
 MAX_BATCHES_IN_FLIGHT = 16
 
@@ -36,7 +36,7 @@ def inbound(message: faust.types.Message) -> InboundMessage:
 
 
 def register_scoring_agent(
-    app: faust.App, settings: Settings, pipeline: ScoringPipeline, publisher: Publisher
+    app: faust.App, kafka: KafkaSettings, settings: ScoringSettings, pipeline: ScoringPipeline, publisher: Publisher
 ) -> faust.types.AgentT:
     source = app.topic(
         *settings.input_topics,
@@ -44,7 +44,7 @@ def register_scoring_agent(
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
-        partitions=settings.partitions,
+        partitions=kafka.partitions,
     )
     # Validation and ONNX run on one worker thread so a large batch never blocks heartbeats.
     scoring_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")

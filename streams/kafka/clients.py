@@ -6,10 +6,11 @@ noise: partition EOFs are dropped (or counted, for readers that stop at the end)
 logged once per kind and minute instead of once per poll (a worker logged 7,195 lines in 45 s of broker
 outage when every poll logged).
 
->>> conf = consumer_config(Settings(), group_id="g", background=True)
+>>> from streams.settings import Settings
+>>> conf = consumer_config(Settings().kafka, group_id="g", background=True)
 >>> conf["group.id"], conf["enable.auto.commit"], conf["fetch.wait.max.ms"]
 ('g', False, 250)
->>> standalone_consumer_config(Settings(), "reader")["enable.partition.eof"]
+>>> standalone_consumer_config(Settings().kafka, "reader")["enable.partition.eof"]
 True
 """
 
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from streams.settings import Settings
+from streams.settings import KafkaSettings
 
 __all__ = ["admin", "admin_at", "consumer", "consumer_config", "producer", "records", "standalone_consumer",
            "standalone_consumer_config"]
@@ -32,46 +33,46 @@ log = logging.getLogger(__name__)
 Config = dict[str, str | int | bool | float]
 
 
-def consumer_config(settings: Settings, group_id: str, *, background: bool = False, **overrides: object) -> Config:
+def consumer_config(kafka: KafkaSettings, group_id: str, *, background: bool = False, **overrides: object) -> Config:
     """A group member that commits by hand; ``background`` lanes (drift, archive, feedback) fetch with longer
     waits, since latency is not their concern (``Settings.background_fetch_wait_ms``)."""
-    conf: Config = settings.group_consumer_config(group_id)
+    conf: Config = kafka.group_consumer_config(group_id)
     if background:
-        conf["fetch.wait.max.ms"] = settings.background_fetch_wait_ms
+        conf["fetch.wait.max.ms"] = kafka.background_fetch_wait_ms
     conf.update(overrides)  # type: ignore[arg-type]
     return conf
 
 
-def standalone_consumer_config(settings: Settings, name: str, **overrides: object) -> Config:
+def standalone_consumer_config(kafka: KafkaSettings, name: str, **overrides: object) -> Config:
     """A consumer that is assigned partitions directly: never joins ``name`` (required by librdkafka), never
     commits, and reports the end of each partition."""
     conf: Config = {
-        **settings.kafka_client_config(),
+        **kafka.kafka_client_config(),
         "group.id": name,
         "enable.auto.commit": False,
         "enable.partition.eof": True,
-        "fetch.wait.max.ms": settings.fetch_wait_ms,
+        "fetch.wait.max.ms": kafka.fetch_wait_ms,
     }
     conf.update(overrides)  # type: ignore[arg-type]
     return conf
 
 
-def consumer(settings: Settings, group_id: str, *, background: bool = False, **overrides: object) -> Consumer:
-    return Consumer(consumer_config(settings, group_id, background=background, **overrides))
+def consumer(kafka: KafkaSettings, group_id: str, *, background: bool = False, **overrides: object) -> Consumer:
+    return Consumer(consumer_config(kafka, group_id, background=background, **overrides))
 
 
-def standalone_consumer(settings: Settings, name: str, **overrides: object) -> Consumer:
-    return Consumer(standalone_consumer_config(settings, name, **overrides))
+def standalone_consumer(kafka: KafkaSettings, name: str, **overrides: object) -> Consumer:
+    return Consumer(standalone_consumer_config(kafka, name, **overrides))
 
 
-def producer(settings: Settings, **overrides: object) -> Producer:
+def producer(kafka: KafkaSettings, **overrides: object) -> Producer:
     """A producer for outputs: acks=all, idempotent where the broker makes that cheap, lz4, short linger."""
     conf: Config = {
-        **settings.kafka_client_config(),
+        **kafka.kafka_client_config(),
         "linger.ms": 2,  # latency-bounded batching: a few ms buys big produce batches
         "acks": "all",
         # retries inside librdkafka never duplicate or reorder (see Settings.idempotent_producer)
-        "enable.idempotence": settings.producer_idempotence,
+        "enable.idempotence": kafka.producer_idempotence,
         "queue.buffering.max.messages": 500_000,
         "compression.type": "lz4",
     }
@@ -79,8 +80,8 @@ def producer(settings: Settings, **overrides: object) -> Producer:
     return Producer(conf)
 
 
-def admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_client_config())
+def admin(kafka: KafkaSettings) -> AdminClient:
+    return AdminClient(kafka.kafka_client_config())
 
 
 def admin_at(address: str) -> AdminClient:

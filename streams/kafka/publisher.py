@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError
 
 from streams.kafka import clients
-from streams.settings import Settings
+from streams.settings import KafkaSettings
 
 Headers = list[tuple[str, bytes]]
 
@@ -80,8 +80,8 @@ class Delivery:
 class Publisher:
     """A confluent-kafka producer with a background poll thread serving delivery callbacks."""
 
-    def __init__(self, settings: Settings, **overrides: str | int) -> None:
-        self._producer = clients.producer(settings, **overrides)
+    def __init__(self, kafka: KafkaSettings, **overrides: str | int) -> None:
+        self._producer = clients.producer(kafka, **overrides)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="publisher-poll", daemon=True)
         self._poller.start()

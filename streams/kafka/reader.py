@@ -15,7 +15,7 @@ from streams.settings import Settings
 
 
 def _consumer(settings: Settings, topic: str, from_beginning: bool) -> tuple[Consumer, int]:
-    consumer = clients.standalone_consumer(settings, "streamscore-reader", **{"fetch.wait.max.ms": 50})
+    consumer = clients.standalone_consumer(settings.kafka, "streamscore-reader", **{"fetch.wait.max.ms": 50})
     meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
     if meta is None or meta.error is not None:
         consumer.close()

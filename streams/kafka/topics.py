@@ -21,7 +21,7 @@ def flow_topics(settings: Settings) -> list[str]:
 
 def ensure_topics(settings: Settings, names: Iterable[str] | None = None, timeout: float = 15.0) -> list[str]:
     """Create the topics that do not exist yet; return the names that were created."""
-    admin = clients.admin(settings)
+    admin = clients.admin(settings.kafka)
     wanted = list(dict.fromkeys(names if names is not None else flow_topics(settings)))
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in wanted if t not in existing]

@@ -39,7 +39,7 @@ class JoinReader:
         self.validator = validator
         self.learner = learner
         self._formats = dict(settings.input_topics)
-        self._consumer = clients.standalone_consumer(settings, f"{settings.app_id}-learner-join", **{
+        self._consumer = clients.standalone_consumer(settings.kafka, f"{settings.app_id}-learner-join", **{
             "enable.auto.offset.store": False, "enable.partition.eof": False})
         self._positions: dict[Key, int] = {}
         self.invalid = 0

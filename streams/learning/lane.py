@@ -51,7 +51,7 @@ def ensure_learning_topics(settings: Settings) -> None:
     single = settings.model_copy(update={"partitions": 1})
     ensure_topics(single, [settings.labels_topic, settings.learner_metrics_topic])
     ensure_topics(settings, [settings.online_prediction_topic])
-    meta = clients.admin(settings).list_topics(settings.labels_topic, timeout=15)
+    meta = clients.admin(settings.kafka).list_topics(settings.labels_topic, timeout=15)
     n = len(meta.topics[settings.labels_topic].partitions)
     if n != 1:
         raise LabelsTopicError(f"labels topic {settings.labels_topic!r} has {n} partitions; online learning needs "
@@ -69,10 +69,10 @@ class Learning:
         validator = FeatureValidator(features)
         self.store = SnapshotStore(settings.snapshot_path, self.spec.name, settings.snapshot_hmac_key)
         self.slot = ServingSlot(Serving(Learner(self.spec, features, classes=classes), 0, "", self.spec.name))
-        self.publisher = Publisher(settings)
+        self.publisher = Publisher(settings.kafka)
         self.trainer = Trainer(settings, self.spec, validator, self.store, self.slot, self.publisher)
         pipeline = OnlinePipeline(settings, self.slot, validator, self.spec.name)
-        self.lane = OnlineScoringLane(settings, pipeline, self.publisher)
+        self.lane = OnlineScoringLane(settings.kafka, settings.scoring, pipeline, self.publisher)
 
     def start(self) -> None:
         ensure_learning_topics(self.settings)

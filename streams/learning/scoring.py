@@ -1,6 +1,6 @@
 """Online scoring: feature events -> the served learner -> online predictions (same Prediction schema).
 
-Runs in its own consumer group (``<app_id>-learner``) on a ``BatchLane``, so it has the scoring
+Runs in its own consumer group (``<app_id>-learner``) on a ``BatchEngine``, so it has the scoring
 path's at-least-once contract (offsets committed only once the predictions are acknowledged) and
 shares nothing with the ONNX agent: with ``STREAMSCORE_LEARNER`` unset it does not exist.
 
@@ -26,12 +26,12 @@ from models.scorer import ScoreBatch
 from online_learning.learner import Learner
 from schemas.codecs import InvalidEvent, decode_feature_event
 from schemas.validation import FeatureValidator
-from streams.engines.batch import BatchLane
+from streams.engines.batch import BatchEngine
 from streams.kafka.publisher import Publisher
 from streams.learning import metrics as lm
 from streams.scoring.pipeline import BatchResult
 from streams.scoring.records import InboundMessage, RecordBuilder, now_ms
-from streams.settings import Settings
+from streams.settings import KafkaSettings, ScoringSettings, Settings
 
 log = logging.getLogger(__name__)
 ROUTE = "online"
@@ -77,7 +77,7 @@ class ServingSlot:
 
 
 class OnlinePipeline:
-    """``process(messages) -> BatchResult`` like ``ScoringPipeline``, so a ``BatchLane`` can run it."""
+    """``process(messages) -> BatchResult`` like ``ScoringPipeline``, so a ``BatchEngine`` can run it."""
 
     def __init__(self, settings: Settings, slot: ServingSlot, validator: FeatureValidator, learner_name: str) -> None:
         self.settings = settings
@@ -117,12 +117,13 @@ class OnlinePipeline:
         return result
 
 
-class OnlineScoringLane(BatchLane):
-    """A ``BatchLane`` in the learner's own consumer group, publishing online predictions."""
+class OnlineScoringLane(BatchEngine):
+    """A ``BatchEngine`` in the learner's own consumer group, publishing online predictions."""
 
-    def __init__(self, settings: Settings, pipeline: OnlinePipeline, publisher: Publisher) -> None:
-        super().__init__(settings, pipeline, publisher)  # type: ignore[arg-type]
-        self.group_id = f"{settings.app_id}-learner"
+    def __init__(self, kafka: KafkaSettings, scoring: ScoringSettings, pipeline: OnlinePipeline,
+                 publisher: Publisher) -> None:
+        super().__init__(kafka, scoring, pipeline, publisher)  # type: ignore[arg-type]
+        self.group_id = f"{kafka.app_id}-learner"
 
     def _process(self, messages: list) -> None:
         super()._process(messages)

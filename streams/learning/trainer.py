@@ -105,7 +105,7 @@ class Trainer:
 
     def run(self) -> None:
         s = self.settings
-        self._consumer = consumer = clients.consumer(s, self.group_id)
+        self._consumer = consumer = clients.consumer(s.kafka, self.group_id)
         consumer.subscribe([s.labels_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         try:

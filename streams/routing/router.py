@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_lane_ids = itertools.count(1)
+_route_ids = itertools.count(1)
 
 
 def stable_unit(keys: Sequence[str], salt: str) -> np.ndarray:
@@ -234,7 +234,7 @@ class TopicRoute:
     policy: Policy
     scorers: tuple[Scorer, ...]
     shadow_scorers: tuple[Scorer, ...] = ()
-    lane_id: int = field(default_factory=lambda: next(_lane_ids))  # kept when a rebuild reuses the lane
+    route_id: int = field(default_factory=lambda: next(_route_ids))  # kept when a rebuild reuses the lane
 
     def same_as(self, spec: RouteSpec, scorers: Sequence[Scorer], shadow: Sequence[Scorer]) -> bool:
         """Same spec and same artifacts: a table rebuild keeps this lane and its learned state."""
@@ -248,14 +248,14 @@ class TopicRoute:
 
 @dataclass(frozen=True)
 class RoutingTable:
-    """Lanes by input topic plus the default lane (topics without a route of their own); immutable."""
+    """Routes by input topic plus the default route (topics without a route of their own); immutable."""
 
-    lanes: dict[str, TopicRoute]
+    routes: dict[str, TopicRoute]
     default: TopicRoute
     generation: int = 0
 
-    def lane(self, topic: str) -> TopicRoute:
-        return self.lanes.get(topic, self.default)
+    def route_for(self, topic: str) -> TopicRoute:
+        return self.routes.get(topic, self.default)
 
     def describe(self) -> dict[str, object]:
         def one(lane: TopicRoute) -> dict[str, object]:
@@ -265,7 +265,7 @@ class RoutingTable:
                                for a, s in zip(lane.policy.shadow_arms, lane.shadow_scorers, strict=True)},
                     "stats": lane.policy.stats()}
         return {"generation": self.generation, "default": one(self.default),
-                "topics": {t: one(lane) for t, lane in self.lanes.items()}}
+                "topics": {t: one(lane) for t, lane in self.routes.items()}}
 
 
 @dataclass(slots=True)
@@ -273,7 +273,7 @@ class _Served:
     topic: str
     arm: str
     label: str
-    lane_id: int
+    route_id: int
 
 
 class Feedback:
@@ -283,7 +283,7 @@ class Feedback:
     there is only the serving side. A label takes its entry, so a redelivered label rewards nothing.
 
     >>> fb = Feedback(ttl_s=60, max_size=2)
-    >>> fb.served(["e1", "e2", "e3"], "features", "challenger", ["risky"] * 3, lane_id=1)
+    >>> fb.served(["e1", "e2", "e3"], "features", "challenger", ["risky"] * 3, route_id=1)
     >>> fb.take("e1") is None, fb.take("e3").arm, fb.take("e3")  # e1 evicted by the size bound
     (True, 'challenger', None)
     """
@@ -296,11 +296,11 @@ class Feedback:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def served(self, event_ids: Sequence[str], topic: str, arm: str, labels: Sequence[str], lane_id: int) -> None:
+    def served(self, event_ids: Sequence[str], topic: str, arm: str, labels: Sequence[str], route_id: int) -> None:
         now = self._clock()
         with self._lock:
             for event_id, label in zip(event_ids, labels, strict=True):
-                self._entries.setdefault(event_id, (now, _Served(topic, arm, label, lane_id)))  # first serve wins
+                self._entries.setdefault(event_id, (now, _Served(topic, arm, label, route_id)))  # first serve wins
             while len(self._entries) > self.max_size:
                 self._entries.popitem(last=False)
             horizon = now - self.ttl_s
@@ -352,12 +352,12 @@ class Router:
         with self._swap_lock:
             table = self.table
             rolled = spec.model_copy(update={"rolled_back": reason})
-            old = table.lane(topic) if topic is not None else table.default
+            old = table.route_for(topic) if topic is not None else table.default
             lane = TopicRoute(rolled, make_policy(rolled), (old.scorers[0],))
             if topic is None:
-                self.table = RoutingTable(table.lanes, lane, table.generation)
+                self.table = RoutingTable(table.routes, lane, table.generation)
             else:
-                self.table = RoutingTable({**table.lanes, topic: lane}, table.default, table.generation)
+                self.table = RoutingTable({**table.routes, topic: lane}, table.default, table.generation)
 
     def route(self, records: RecordBuilder, good: list, X: np.ndarray, received_ms: int) -> list[Outbound]:
         """Score ``good`` (message, event) pairs, rows of ``X``, as the table says; outputs for the publisher."""
@@ -366,15 +366,15 @@ class Router:
         topics = np.asarray([msg.topic for msg, _ in good], dtype=object)
         for topic in dict.fromkeys(topics.tolist()):
             idx = np.flatnonzero(topics == topic)
-            own = topic in table.lanes
-            lane = table.lane(topic)
+            own = topic in table.routes
+            lane = table.route_for(topic)
             reason = lane.policy.breach()  # judged before picking: labels that came since count for this batch
             if reason is not None:
                 log.warning("rolling back %s on %s: %s", lane.spec.policy, topic, reason)
                 self.rollback_locally(topic if own else None, lane.spec, reason)
                 if self.on_breach is not None:
                     self.on_breach(topic if own else "", lane.spec, reason)
-                lane = self.table.lane(topic)
+                lane = self.table.route_for(topic)
             whole = idx.size == len(good)  # the common case: one topic per batch, no copies needed
             rows, X_topic = (good, X) if whole else ([good[i] for i in idx], X[idx])
             if len(lane.policy.arms) == 1:
@@ -416,7 +416,7 @@ class Router:
         PREDICTIONS_OUT.labels(scorer.name, scorer.version).inc(len(rows))
         if self.feedback is not None and lane.policy.learns:
             self.feedback.served([event.event_id for _, event in rows], topic, arm,
-                                 [str(label) for label in batch.labels], lane.lane_id)
+                                 [str(label) for label in batch.labels], lane.route_id)
         return outputs
 
     def learn(self, event_id: str, label: str | float, reward: float | None) -> bool:
@@ -426,8 +426,8 @@ class Router:
         served = self.feedback.take(event_id)
         if served is None:
             return False
-        lane = self.table.lane(served.topic)
-        if lane.lane_id != served.lane_id:
+        lane = self.table.route_for(served.topic)
+        if lane.route_id != served.route_id:
             return False  # the policy that chose the arm is gone; its successor starts fresh
         lane.policy.learn_one(served.arm, reward_of(label, reward, served.label))
         return True

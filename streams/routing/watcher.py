@@ -66,7 +66,7 @@ def decode_record(value: bytes) -> RegistryRecord:
 
 def ensure_registry_topic(settings: Settings, timeout: float = 15.0) -> None:
     """Create the control topic: ONE partition (a total order of changes), compacted (last state per key)."""
-    admin = clients.admin(settings)
+    admin = clients.admin(settings.kafka)
     if settings.registry_topic in admin.list_topics(timeout=timeout).topics:
         return
     topic = NewTopic(settings.registry_topic, 1, settings.replication_factor, config={"cleanup.policy": "compact"})
@@ -82,7 +82,7 @@ class ControlPublisher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer = clients.producer(settings, **{"linger.ms": 0})  # one record at a time, at once
+        self._producer = clients.producer(settings.kafka, **{"linger.ms": 0})  # one record at a time, at once
 
     def __call__(self, record: RegistryRecord) -> None:
         errors: list[KafkaError] = []
@@ -112,7 +112,7 @@ class ControlReader:
         self.settings = settings
         self.state = RegistryState()
         self._tp = TopicPartition(settings.registry_topic, 0, OFFSET_BEGINNING)
-        self.consumer = clients.standalone_consumer(settings, f"{settings.app_id}-registry",
+        self.consumer = clients.standalone_consumer(settings.kafka, f"{settings.app_id}-registry",
                                                     **{"fetch.wait.max.ms": 100})
         self.consumer.assign([self._tp])
 
@@ -183,7 +183,7 @@ class TableBuilder:
         specs = self.specs(state)
         default_spec = specs.pop(DEFAULT_ROUTE_KEY, RouteSpec())
         default = self._lane(state, default_spec, current.default if current else None)
-        lanes = {topic: self._lane(state, spec, current.lanes.get(topic) if current else None)
+        lanes = {topic: self._lane(state, spec, current.routes.get(topic) if current else None)
                  for topic, spec in specs.items()}
         self._generation += 1
         in_use = {s.sha256 for lane in [default, *lanes.values()] for s in (*lane.scorers, *lane.shadow_scorers)}
@@ -198,7 +198,7 @@ def _describe(table: RoutingTable) -> str:
     def one(lane: TopicRoute) -> str:
         arms = ", ".join(f"{a}={s.version}" for a, s in zip(lane.policy.arms, lane.scorers, strict=True))
         return f"{lane.spec.policy}({arms})"
-    return "; ".join([f"*: {one(table.default)}", *(f"{t}: {one(lane)}" for t, lane in table.lanes.items())])
+    return "; ".join([f"*: {one(table.default)}", *(f"{t}: {one(lane)}" for t, lane in table.routes.items())])
 
 
 class RegistryWatcher(BackgroundThread):
@@ -257,7 +257,7 @@ class FeedbackLane(BackgroundThread):
 
     def start(self) -> None:
         s = self.settings
-        self._consumer = clients.standalone_consumer(s, f"{s.app_id}-routing-feedback", **{
+        self._consumer = clients.standalone_consumer(s.kafka, f"{s.app_id}-routing-feedback", **{
             "fetch.wait.max.ms": s.background_fetch_wait_ms})
         # From the end as of now (resolved here, before the worker is ready): older labels are for events this
         # worker never served, since that map starts empty.

@@ -1,6 +1,6 @@
 """The scoring flow for one micro-batch, free of any transport: validate -> score -> build outputs.
 
-Both lanes (the Faust agent and the confluent-kafka batch lane) hand raw messages to
+Both lanes (the Faust agent and the confluent-kafka batch engine) hand raw messages to
 ``ScoringPipeline.process`` and publish what it returns, so the semantics cannot drift apart.
 Bad input never raises: it becomes a dead letter carrying the reason and the original bytes.
 """
@@ -21,7 +21,7 @@ from schemas.validation import FeatureValidator
 from streams import metrics
 from streams.kafka.publisher import Outbound
 from streams.scoring.records import InboundMessage, RecordBuilder, now_ms
-from streams.settings import Settings
+from streams.settings import ScoringSettings
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Router(Protocol):
 class ScoringPipeline:
     """Turns a batch of raw input messages into prediction and dead-letter messages."""
 
-    def __init__(self, settings: Settings, scorer: Scorer, route: str = "single") -> None:
+    def __init__(self, settings: ScoringSettings, scorer: Scorer, route: str = "single") -> None:
         self.settings = settings
         self.scorer = scorer
         self.route = route

@@ -1,6 +1,6 @@
 """The Faust app of a streamscore worker: wiring only, each piece lives in its own module.
 
-    input topics ──▶ [score agent | batch lane] ──▶ predictions
+    input topics ──▶ [score agent | batch engine] ──▶ predictions
                               │
                               └──────────────────▶ dead-letter
 
@@ -20,7 +20,7 @@ from models.onnx_scorer import OnnxScorer
 from models.scorer import Scorer
 from streams.archive.lane import register_archiver
 from streams.drift.lane import register_drift_monitor
-from streams.engines.batch import BatchLane
+from streams.engines.batch import BatchEngine
 from streams.engines.faust_agent import register_scoring_agent
 from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Publisher
@@ -39,8 +39,8 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.scorer = OnnxScorer.from_dir(settings.model_dir)
-        self.pipeline = ScoringPipeline(settings, self.scorer)
-        self.publisher = Publisher(settings)
+        self.pipeline = ScoringPipeline(settings.scoring, self.scorer)
+        self.publisher = Publisher(settings.kafka)
         self.started_at = time.time()
         self.app = StreamscoreApp(
             settings.app_id,
@@ -61,14 +61,14 @@ class Worker:
             web_bind="0.0.0.0",
             web_in_thread=False,
         )
-        self.lane: BatchLane | None = None
+        self.batch_engine: BatchEngine | None = None
         if settings.engine == "faust":
-            register_scoring_agent(self.app, settings, self.pipeline, self.publisher)
+            register_scoring_agent(self.app, settings.kafka, settings.scoring, self.pipeline, self.publisher)
         else:
-            self.lane = BatchLane(settings, self.pipeline, self.publisher)
+            self.batch_engine = BatchEngine(settings.kafka, settings.scoring, self.pipeline, self.publisher)
         # Capabilities beside scoring: each receives the collaborators it needs, never the Worker.
         app, features = self.app, self.scorer.feature_names
-        group = self.lane.group_id if self.lane is not None else settings.app_id
+        group = self.batch_engine.group_id if self.batch_engine is not None else settings.app_id
         self.lag = register_lag_monitor(app, settings, group)  # lag gauge + broker reachability for /readyz
         self.learning = register_learning(app, settings, features)  # River learners fed by the labels topic
         self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion)
@@ -84,8 +84,8 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        if self.lane is not None:
-            return self.lane.assigned.is_set()
+        if self.batch_engine is not None:
+            return self.batch_engine.assigned.is_set()
         return bool(self.app.consumer.assignment()) if self.app.started else False
 
     def _register_pages(self) -> None:
@@ -114,7 +114,7 @@ class Worker:
 
 
 class _Lifecycle(Service):
-    """Starts the batch lane with the worker; on stop, flushes outputs before Faust's final commit."""
+    """Starts the batch engine with the worker; on stop, flushes outputs before Faust's final commit."""
 
     def __init__(self, worker: Worker, **kwargs: object) -> None:
         self.worker = worker
@@ -124,12 +124,12 @@ class _Lifecycle(Service):
         scorer = self.worker.scorer  # logged here: Faust configures logging only once the worker starts
         log.info("scoring with %s@%s sha256=%s (engine %s)", scorer.name, scorer.version, scorer.sha256[:12],
                  self.worker.settings.engine)
-        if self.worker.lane is not None:
-            self.worker.lane.start()
+        if self.worker.batch_engine is not None:
+            self.worker.batch_engine.start()
 
     async def on_stop(self) -> None:
-        if self.worker.lane is not None:
-            await self.loop.run_in_executor(None, self.worker.lane.stop)
+        if self.worker.batch_engine is not None:
+            await self.loop.run_in_executor(None, self.worker.batch_engine.stop)
         await self.loop.run_in_executor(None, self.worker.publisher.close)
 
 

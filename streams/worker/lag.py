@@ -115,7 +115,7 @@ class LagMonitor:
         if self._consumer is None:
             # group.id only names the group in OffsetFetch: never joined, never committed (its offsets belong to
             # the workers); partition EOFs end the fetched-watermark path below.
-            self._consumer = clients.standalone_consumer(self.settings, self.group_id)
+            self._consumer = clients.standalone_consumer(self.settings.kafka, self.group_id)
         return self._consumer
 
     def measure(self) -> dict[Key, int]:
