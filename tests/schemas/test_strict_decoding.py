@@ -233,7 +233,8 @@ def test_oversized_value_is_one_dead_letter_not_a_crash() -> None:
 ERR = InvalidEvent("oversized", "payload is 800000 bytes, limit is 65536", event_id="e1")
 
 
-def letter(value: bytes | None, key: bytes | None = b"k", err: InvalidEvent = ERR, **kw: Any) -> tuple[DeadLetter, bytes]:
+def letter(value: bytes | None, key: bytes | None = b"k", err: InvalidEvent = ERR,
+           **kw: Any) -> tuple[DeadLetter, bytes]:
     return dead_letter_bytes(err, topic="features", partition=3, offset=99, key=key, value=value, worker="w-1",
                              failed_at=1_700_000_000_000, **kw)
 
