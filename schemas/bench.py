@@ -8,8 +8,8 @@ microseconds per event (best of ``repeat`` runs: these 2-core machines are share
     python -m schemas.bench [n] [batch]
 
 >>> r = measure_hot_path(n=512, batch=256, repeat=1)
->>> sorted(r)[:3]
-['avro.batch.decode_validate', 'avro.legacy.decode_validate', 'json.batch.decode_validate']
+>>> [key for key in r if key.startswith("json.")]
+['json.legacy.decode_validate', 'json.batch.decode_validate']
 >>> all(v > 0 for v in r.values())
 True
 """
