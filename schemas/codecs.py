@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from .records import SUPPORTED_SCHEMA_VERSIONS, DeadLetter, FeatureEvent, Prediction
 from .registry import SCHEMA_IDS, parsed_schema, schema_id
+from .strict import avro_problem, json_duplicate_key
 
 __all__ = [
     "REASON_CODES",
@@ -45,18 +46,21 @@ __all__ = [
     "prediction_to_json_bytes",
 ]
 
+# Every dead letter carries one of these codes (the ``reason`` sentence names the field):
 ReasonCode = Literal[
-    "oversized",
-    "empty",
-    "not_json",
-    "bad_avro",
-    "unknown_schema_id",
-    "unknown_schema_version",
-    "schema_violation",
-    "non_finite",
-    "wrong_type",
-    "missing_feature",
-    "extra_feature",
+    "oversized",  # value longer than max_bytes: after the client's decompression, so a bomb is one letter
+    "empty",  # null (tombstone) or 0-byte value
+    "not_json",  # not one JSON object (syntax, NaN/Infinity literals, a number beyond float64, an array...)
+    "bad_avro",  # bad Confluent framing, a body that does not decode, trailing bytes, an overlong varint
+    "unknown_schema_id",  # Confluent framing with an id other than feature_event's
+    "unknown_schema_version",  # schema_version not in SUPPORTED_SCHEMA_VERSIONS
+    "schema_violation",  # missing/unknown field, empty event_id, an int outside Avro int/long
+    "non_finite",  # a feature is NaN/inf (Avro) or the string "NaN"/"Infinity" (JSON)
+    "out_of_range",  # a feature is finite as float64 but not as the model's float32 input (|x| >= ~3.4e38)
+    "duplicate_key",  # a key twice in one JSON object or Avro map: parsers disagree on which value wins
+    "wrong_type",  # e.g. a boolean or a string where a number is expected
+    "missing_feature",  # a feature of the model's signature is absent
+    "extra_feature",  # a feature the model does not take (strict by default)
 ]
 REASON_CODES: frozenset[str] = frozenset(get_args(ReasonCode))
 
@@ -148,7 +152,15 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
         raise InvalidEvent("not_json", reason) from e
     if type(data) is not dict:
         raise InvalidEvent("not_json", f"payload is a JSON {_type_name(data)}, expected an object")
+    dup = json_duplicate_key(raw, data)
+    if dup is not None:
+        raise InvalidEvent("duplicate_key", _duplicate_reason(dup), _event_id_of(data))
     return data
+
+
+def _duplicate_reason(key: str) -> str:
+    return (f"key {_clip(repr(key))} appears more than once in one JSON object; parsers disagree on which "
+            "value wins, so the payload is ambiguous")
 
 
 def _parse_avro(raw: bytes) -> dict[str, Any]:
@@ -173,6 +185,13 @@ def _parse_avro(raw: bytes) -> dict[str, Any]:
     trailing = len(raw) - buf.tell()
     if trailing:  # a valid prefix followed by junk usually means the wrong writer schema
         raise InvalidEvent("bad_avro", f"Avro body has {trailing} trailing bytes after the feature_event")
+    try:
+        problem = avro_problem(raw, _HEADER.size, _FEATURE_SCHEMA, data)
+    except (TypeError, ValueError) as e:  # fastavro returned a shape the size arithmetic does not expect
+        problem = ("bad_avro", _clip(f"Avro body does not decode as feature_event ({type(e).__name__}: {e})"))
+    if problem is not None:
+        code, reason = problem
+        raise InvalidEvent(code, reason, _event_id_of(data))  # type: ignore[arg-type]
     return data
 
 

@@ -81,7 +81,12 @@ class Prediction(BaseModel):
 
 
 class DeadLetter(BaseModel):
-    """A message that could not be scored, original bytes kept for replay (see dead_letter.avsc)."""
+    """A message that could not be scored (see dead_letter.avsc).
+
+    ``original_value`` is a bounded prefix of the message value (``schemas.dead_letters`` keeps the letter
+    under the broker's message size); ``original_size``/``original_sha256`` describe the whole value and
+    the archive keeps it. The three are optional so letters written before they existed still decode.
+    """
 
     model_config = _STRICT
 
@@ -93,5 +98,8 @@ class DeadLetter(BaseModel):
     source_offset: Long
     original_key: bytes | None = None
     original_value: bytes
+    original_size: Long | None = None
+    original_sha256: str | None = None
+    original_truncated: bool = False
     failed_at: TimestampMillis
     worker: str

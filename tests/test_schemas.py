@@ -306,7 +306,7 @@ def _py_type(tp: Any, meta: tuple[Any, ...] = ()) -> Any:
         lo = next((m.ge for m in meta if hasattr(m, "ge")), None)
         hi = next((m.le for m in meta if hasattr(m, "le")), None)
         return {(-(2**31), 2**31 - 1): "int", (-(2**63), 2**63 - 1): "long"}.get((lo, hi), f"int[{lo},{hi}]")
-    return {float: "double", str: "string", bytes: "bytes"}.get(tp, repr(tp))
+    return {float: "double", str: "string", bytes: "bytes", bool: "boolean"}.get(tp, repr(tp))
 
 
 @pytest.mark.parametrize(("name", "model"), TWINS)
@@ -530,6 +530,9 @@ DECODE_CASES: list[tuple[str, bytes | None, str, str]] = [
     ("bad_avro", GOOD_AVRO[:-4], "avro", "body ended early"),
     ("bad_avro", GOOD_AVRO + b"\x00\x00", "avro", "2 trailing bytes"),
     ("bad_avro", b"\x00\x00\x00\x00\x01" + b"\xff" * 12, "auto", "does not decode as feature_event"),
+    ("bad_avro", GOOD_AVRO[:5] + b"\x84\x00" + GOOD_AVRO[6:], "avro", "overlong varint at body byte 0"),
+    ("duplicate_key", orjson.dumps(event_dict()).replace(b'"entity_id"', b'"event_id":"e0", "entity_id"'), "json",
+     "key 'event_id' appears more than once"),
     ("unknown_schema_id", b"\x00\x00\x00\x00\x07" + GOOD_AVRO[5:], "avro", "schema id 7 is not registered"),
     ("unknown_schema_id", avro_frame(prediction_dict(), 2, "prediction"), "auto", "schema id 2 is 'prediction'"),
     (
@@ -646,7 +649,8 @@ def test_mutated_payloads_raise_only_invalid_event() -> None:
 
 
 def test_every_reason_code_is_exercised() -> None:
-    produced = {c[0] for c in DECODE_CASES} | {"missing_feature", "extra_feature"}  # validator tests below
+    # validator tests below
+    produced = {c[0] for c in DECODE_CASES} | {"missing_feature", "extra_feature", "out_of_range"}
     assert produced == REASON_CODES
 
 
@@ -722,8 +726,12 @@ def test_validator_non_finite_defence_in_depth() -> None:
         FeatureValidator(["a", "b"]).row(ev)
     assert exc.value.code == "non_finite"
     assert "'b'" in exc.value.reason and "'a'" not in exc.value.reason
-    # Huge but finite values overflow the fast sum check and must still pass.
-    assert FeatureValidator(["a", "b"]).row(make_event({"a": 1.7e308, "b": 1.7e308})) == [1.7e308, 1.7e308]
+    # Huge but finite values overflow the fast sum check and must still pass (for a float64 model).
+    assert FeatureValidator(["a", "b"], input_dtype="float64").row(make_event({"a": 1.7e308, "b": 1.7e308})) == [
+        1.7e308, 1.7e308]
+    with pytest.raises(InvalidEvent) as exc:  # the float32 default: 1.7e308 would be inf as model input
+        FeatureValidator(["a", "b"]).row(make_event({"a": 1.7e308, "b": 1.0}))
+    assert exc.value.code == "out_of_range" and "'a'" in exc.value.reason
 
 
 def test_validator_rejects_duplicate_signature_names() -> None:

@@ -1,0 +1,334 @@
+"""Batch codecs for the scoring hot path: raw values -> float32 matrix, scores -> prediction bytes.
+
+``decode_rows`` gives exactly the verdicts of ``decode_feature_event`` + ``FeatureValidator.row`` (same
+accepted events and values, same InvalidEvent codes and reasons) at a fraction of the cost: JSON is decoded
+by msgspec straight into a typed struct (no dict, no pydantic), then the strictness the parser skips
+(duplicate keys) and the model's float32 input range are checked; anything unusual is handed to the
+reference decoder, which then also writes the reason. ``encode_predictions`` writes the bytes
+``prediction_to_json_bytes`` would write for each record of a batch, from templates holding the fields
+that are the same for the whole batch.
+
+Measured with ``python -m schemas.bench`` (100k demo-shaped events, batches of 256, 2-core dev machine):
+JSON decode+validate 1.8 us/event vs 5.7 per event today, Avro 8.8 vs 13.2 (fastavro itself is ~5 us),
+prediction bytes 1.4 vs 2.2; ``validation.input_hashes`` 0.5 vs 0.6.
+
+>>> from schemas.validation import FeatureValidator
+>>> ok = b'{"event_id":"e1","entity_id":"u1","event_time":5,"schema_version":1,"features":{"b":2,"a":1}}'
+>>> out = decode_rows([ok, b"{", ok.replace(b'"b":2', b'"b":1e39')], "json", FeatureValidator(["a", "b"]))
+>>> out.index, out.X.tolist(), [(i, e.code) for i, e in out.errors]
+([0], [[1.0, 2.0]], [(1, 'not_json'), (2, 'out_of_range')])
+>>> raw = encode_predictions(out.events, ["features"], [0], [41], ["ab" * 32], [0.75], ["risky"], [[0.25, 0.75]],
+...     ["legit", "risky"], model_name="m", model_version="1", model_sha256="cd" * 32, scored_at=9, latency_ms=2.0,
+...     route="single", worker="w1")
+>>> raw[0][:60]
+b'{"event_id":"e1","entity_id":"u1","event_time":5,"model_name'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+import orjson
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from .codecs import InvalidEvent, _parse_avro, decode_feature_event
+from .records import SUPPORTED_SCHEMA_VERSIONS, FeatureEvent
+from .validation import FeatureValidator, out_of_float32_reason
+
+__all__ = ["DecodedRows", "Event", "decode_rows", "encode_predictions"]
+
+Format = Literal["json", "avro", "auto"]
+
+
+class Event(Struct, forbid_unknown_fields=True, gc=False):
+    """The FeatureEvent contract as a msgspec struct (same fields, types and bounds as records.FeatureEvent).
+
+    Has the attributes the pipeline reads from a FeatureEvent. ``metadata`` is UNSET only while decoding
+    (so an absent key can be told from ``null`` when counting keys); ``decode_rows`` returns None instead.
+    """
+
+    event_id: Annotated[str, Meta(min_length=1)]
+    entity_id: str
+    event_time: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+    schema_version: Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+    features: dict[str, float]
+    metadata: dict[str, str] | None | UnsetType = UNSET
+
+
+_decode_json = msgspec.json.Decoder(Event).decode
+_DecodeError = msgspec.DecodeError  # ValidationError is a subclass
+_SUPPORTED = SUPPORTED_SCHEMA_VERSIONS
+
+
+@dataclass(slots=True)
+class DecodedRows:
+    """What ``decode_rows`` returns; ``index[j]`` is the input position of ``events[j]`` and ``X[j]``."""
+
+    index: list[int] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    X: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))  # C-contiguous float32
+    errors: list[tuple[int, InvalidEvent]] = field(default_factory=list)  # (input position, error), in order
+
+
+def _string_colons(ev: Event) -> int:
+    md = ev.metadata
+    text = "".join(chain((ev.event_id, ev.entity_id), ev.features, md or (), (md or {}).values()))
+    return text.count(":")
+
+
+def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Format], validator: FeatureValidator,
+                max_bytes: int = 65536) -> DecodedRows:
+    """Decode and validate a batch of message values into model rows (float32, ``validator``'s order).
+
+    ``formats`` is one format for every value or one per value (e.g. by each message's topic). Never raises
+    InvalidEvent: every bad value is one ``errors`` entry.
+    """
+    names = validator.feature_names
+    k = len(names)
+    if k == 0:
+        raise ValueError("decode_rows needs a validator with at least one feature")
+    get_row = itemgetter(*names) if k > 1 else (lambda f, _n=names[0]: (f[_n],))
+    exact = not validator.allow_extra
+    per_value = not isinstance(formats, str)
+    if per_value and len(formats) != len(values):
+        raise ValueError(f"{len(formats)} formats for {len(values)} values")
+    fast_index: list[int] = []
+    fast: list[Event] = []
+    slow: list[int] = []  # values the reference decoder must decide
+    decode_json, unset, supported = _decode_json, UNSET, _SUPPORTED
+    fmt: Any = formats
+    for i, raw in enumerate(values):
+        if per_value:
+            fmt = formats[i]
+        if not raw or len(raw) > max_bytes:
+            slow.append(i)
+            continue
+        if fmt == "json" or (fmt == "auto" and raw[0] != 0):
+            try:
+                ev = decode_json(raw)
+            except _DecodeError:
+                slow.append(i)
+                continue
+            md = ev.metadata
+            keys = 5 + len(ev.features) + (0 if md is unset else 1 + (len(md) if md else 0))
+            colons = raw.count(b":")
+            # The rule of schemas.strict.json_duplicate_key, specialised to the struct's known shape.
+            if colons != keys and (b"\\" in raw or colons - _string_colons(ev) != keys):
+                slow.append(i)
+                continue
+            if md is unset:
+                ev.metadata = None
+        elif fmt == "avro" or fmt == "auto":
+            try:
+                ev = msgspec.convert(_parse_avro(raw), Event)
+            except (InvalidEvent, _DecodeError):
+                slow.append(i)
+                continue
+        else:
+            slow.append(i)
+            continue
+        if ev.schema_version in supported:
+            fast_index.append(i)
+            fast.append(ev)
+        else:
+            slow.append(i)
+    # Rows in bulk (C-level map); a missing or extra feature sends that one value to the reference decoder.
+    feats = [ev.features for ev in fast]
+    try:
+        if exact and set(map(len, feats)) - {k}:
+            raise KeyError
+        rows: list[tuple[float, ...]] = list(map(get_row, feats))
+    except KeyError:
+        rows, kept_index, kept = [], [], []
+        for i, ev in zip(fast_index, fast, strict=True):
+            if exact and len(ev.features) != k:
+                slow.append(i)
+                continue
+            try:
+                rows.append(get_row(ev.features))
+            except KeyError:
+                slow.append(i)
+                continue
+            kept_index.append(i)
+            kept.append(ev)
+        fast_index, fast = kept_index, kept
+    out = DecodedRows(fast_index, fast)
+    if slow:
+        _decode_slow(out, rows, slow, values, formats, per_value, validator, max_bytes)
+    if not rows:
+        out.X = np.empty((0, k), dtype=np.float32)
+        return out
+    X64 = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=len(rows) * k).reshape(len(rows), k)
+    with np.errstate(over="ignore"):
+        X = X64.astype(np.float32) if validator.input_dtype == "float32" else X64
+    good = np.isfinite(X).all(axis=1)
+    if not good.all():
+        X = _drop_bad_rows(out, good, X, X64, rows, names, values, formats, per_value, max_bytes)
+    out.X = np.ascontiguousarray(X)
+    return out
+
+
+def _decode_slow(out: DecodedRows, rows: list, slow: list[int], values: Sequence[bytes | None], formats: Any,
+                 per_value: bool, validator: FeatureValidator, max_bytes: int) -> None:
+    """The reference decoder's verdict for each ``slow`` value, merged into ``out``/``rows`` in input order."""
+    index, events = out.index, out.events
+    for i in slow:
+        fmt = formats[i] if per_value else formats
+        try:
+            event = decode_feature_event(values[i], fmt, max_bytes)
+            row = tuple(validator.row(event))
+        except InvalidEvent as e:
+            out.errors.append((i, e))
+            continue
+        index.append(i)
+        events.append(_from_model(event))
+        rows.append(row)
+    out.errors.sort(key=itemgetter(0))
+    if len(index) != len(set(index)) or index != sorted(index):
+        order = sorted(range(len(index)), key=index.__getitem__)
+        index[:] = [index[j] for j in order]
+        events[:] = [events[j] for j in order]
+        rows[:] = [rows[j] for j in order]
+
+
+def _drop_bad_rows(out: DecodedRows, good: np.ndarray, X: np.ndarray, X64: np.ndarray, rows: list, names: Sequence[str],
+                   values: Sequence[bytes | None], formats: Any, per_value: bool, max_bytes: int) -> np.ndarray:
+    for j in np.flatnonzero(~good).tolist():
+        i, ev = out.index[j], out.events[j]
+        if np.isfinite(X64[j]).all():  # finite as float64, not as the model's float32 input
+            err = InvalidEvent("out_of_range", out_of_float32_reason(names, rows[j]), ev.event_id)
+        else:  # NaN/inf from Avro: the reference decoder rejects it with its usual reason
+            fmt = formats[i] if per_value else formats
+            try:
+                decode_feature_event(values[i], fmt, max_bytes)
+            except InvalidEvent as e:
+                err = e
+            else:  # unreachable while FeatureEvent refuses non-finite floats; kept as a clear verdict
+                err = InvalidEvent("non_finite", "a feature is not a finite number", ev.event_id)
+        out.errors.append((i, err))
+    out.errors.sort(key=itemgetter(0))
+    keep = np.flatnonzero(good).tolist()
+    out.index[:] = [out.index[j] for j in keep]
+    out.events[:] = [out.events[j] for j in keep]
+    return X[good]
+
+
+def _from_model(event: FeatureEvent) -> Event:
+    return Event(event.event_id, event.entity_id, event.event_time, event.schema_version, event.features,
+                 event.metadata)
+
+
+# --- encoding -------------------------------------------------------------------------------------------
+
+
+def _json_str(s: str) -> str:
+    return orjson.dumps(s).decode()
+
+
+def _floats(values: Any) -> bytes:
+    """orjson's text of a flat list of the floats (row-major for 2-d)."""
+    if isinstance(values, np.ndarray):
+        values = values.ravel().tolist()
+    elif len(values) and isinstance(values[0], (list, tuple, np.ndarray)):
+        values = [float(v) for row in values for v in row]
+    return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _split_floats(text: bytes) -> list[bytes]:
+    # A list of numbers only, so every comma separates two of them.
+    return text[1:-1].split(b",") if len(text) > 2 else []
+
+
+def _inner_json(strings: Sequence[str]) -> list[bytes]:
+    """Each string's JSON form without its quotes, as bytes.
+
+    Printable ASCII without '"' or a backslash is its own JSON form (ids usually are): one join, encode and
+    split for the batch, with '"' as the separator since no such string holds one (~0.02 us/string),
+    instead of one orjson call each (~0.07 us).
+    """
+    if not strings:
+        return []
+    text = '"'.join(strings)
+    if text.isascii() and text.isprintable() and "\\" not in text and text.count('"') == len(strings) - 1:
+        return text.encode().split(b'"')
+    return [orjson.dumps(s)[1:-1] for s in strings]
+
+
+def encode_predictions(events: Sequence[Any], topics: Sequence[str], partitions: Sequence[int],
+                       offsets: Sequence[int], input_hashes: Sequence[str], scores: Any, labels: Sequence[Any],
+                       probabilities: Any, classes: Sequence[Any], *, model_name: str, model_version: str,
+                       model_sha256: str, scored_at: int, latency_ms: float, route: str, worker: str) -> list[bytes]:
+    """One Prediction JSON record per event, byte-identical to ``prediction_to_json_bytes`` of the dict the
+    pipeline builds (same field order, orjson's number format).
+
+    ``events`` have ``event_id``, ``entity_id``, ``event_time`` and ``schema_version`` (an ``Event`` or a
+    FeatureEvent); the other sequences are row-aligned with them (numpy arrays are fine); ``probabilities``
+    is (n, len(classes)). ValueError (naming the event) on a non-finite score, probability or latency,
+    which orjson would write as null.
+    """
+    n = len(events)
+    n_classes = len(classes)
+    if not (len(topics) == len(partitions) == len(offsets) == len(input_hashes) == len(labels) == len(scores) == n):
+        raise ValueError("encode_predictions: every per-event sequence must have one entry per event")
+    score_json, prob_json = _floats(scores), _floats(probabilities)
+    latency_json = orjson.dumps(latency_ms, option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"null" in score_json or b"null" in prob_json or latency_json == b"null":  # NaN/inf
+        _raise_non_finite(events, _split_floats(score_json), _split_floats(prob_json), latency_json, classes)
+    score_text, prob_text = _split_floats(score_json), _split_floats(prob_json)
+    if len(prob_text) != n * n_classes:
+        raise ValueError(f"probabilities must be ({n}, {n_classes}), got {len(prob_text)} values")
+    if n == 0:
+        return []
+    ids = _inner_json([e.event_id for e in events])
+    entities = _inner_json([e.entity_id for e in events])
+    hashes = _inner_json(input_hashes)
+    label_json = {lab: orjson.dumps(str(lab)) for lab in set(labels)}
+    labels_b = [label_json[lab] for lab in labels]
+    if isinstance(partitions, np.ndarray) or isinstance(offsets, np.ndarray):
+        partitions, offsets = [int(p) for p in partitions], [int(o) for o in offsets]
+
+    # Fields constant over the batch are baked into one %-template per source topic ('%' escaped).
+    def const(text: str) -> bytes:
+        return text.replace("%", "%%").encode()
+
+    head = b'{"event_id":"%b","entity_id":"%b","event_time":%d' + const(
+        f',"model_name":{_json_str(model_name)},"model_version":{_json_str(model_version)},'
+        f'"model_sha256":{_json_str(model_sha256)},"score":') + b'%b,"label":%b,"probabilities":{'
+    probs = b",".join(const(_json_str(str(c)) + ":") + b"%b" for c in classes)
+    tail = b'},"input_hash":"%b"' + const(
+        f',"scored_at":{int(scored_at)},"latency_ms":{latency_json.decode()},"route":{_json_str(route)},'
+        f'"worker":{_json_str(worker)},"source_topic":')
+    templates = {topic: head + probs + tail + const(_json_str(topic)) +
+                 b',"source_partition":%d,"source_offset":%d,"schema_version":%d}' for topic in set(topics)}
+    if len(templates) == 1:
+        template = templates[topics[0]]
+        if n_classes == 2:  # the common case: one input topic, a binary classifier
+            p = iter(prob_text)
+            return [template % (eid, ent, e.event_time, score, label, next(p), next(p), h, part, off,
+                                e.schema_version)
+                    for e, eid, ent, score, label, h, part, off in zip(events, ids, entities, score_text, labels_b,
+                                                                       hashes, partitions, offsets, strict=True)]
+    return [templates[topics[i]] % (ids[i], entities[i], e.event_time, score_text[i], labels_b[i],
+                                    *prob_text[n_classes * i:n_classes * (i + 1)], hashes[i], partitions[i],
+                                    offsets[i], e.schema_version)
+            for i, e in enumerate(events)]
+
+
+def _raise_non_finite(events: Sequence[Any], score_text: list[bytes], prob_text: list[bytes], latency_json: bytes,
+                      classes: Sequence[Any]) -> None:
+    if latency_json == b"null":
+        raise ValueError("prediction has a non-finite score/latency_ms/probability: latency_ms is not finite")
+    n_classes = len(classes)
+    for i, e in enumerate(events):
+        bad = ["score"] if score_text[i] == b"null" else []
+        bad += [f"probabilities[{c!r}]" for j, c in enumerate(classes) if prob_text[n_classes * i + j] == b"null"]
+        if bad:
+            raise ValueError(f"prediction has a non-finite score/latency_ms/probability: {', '.join(bad)} of "
+                             f"event {e.event_id!r}")
+    raise ValueError("prediction has a non-finite score/latency_ms/probability")
