@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 from datastore.catalog import list_manifests
 from datastore.dataset import list_versions
 from datastore.manifest import SegmentManifest, manifest_key
+from datastore.records import source_of
+from datastore.segment import SegmentWriter, read_segment
+from datastore.spool import WriterSpool
 from datastore.storage import Storage
 
 
@@ -96,10 +99,6 @@ def compact(storage: Storage, below_records: int, target_records: int, dry_run: 
     records, not segments. The merged segment is sealed before the ones it replaces are deleted, so a
     crash in between leaves duplicates that readers drop (same bytes), never a gap.
     """
-    from datastore.records import source_of
-    from datastore.segment import SegmentWriter, read_segment
-    from datastore.spool import WriterSpool
-
     report = CompactionReport()
     with storage.lock():
         referenced = referenced_segments(storage)

@@ -33,13 +33,13 @@ True
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Literal, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.scorer import ScoreBatch
+from models.scorer import ScoreBatch, Scorer, predict_one_via_many
 
 _EPS = 1e-7  # clip probabilities before logit: trees can output exactly 0 or 1
 
@@ -77,16 +77,6 @@ class CompositeSpec(BaseModel):
         return hashlib.sha256(self.model_dump_json(exclude_none=False).encode()).hexdigest()
 
 
-class _PartScorer(Protocol):
-    name: str
-    version: str
-    sha256: str
-    feature_names: tuple[str, ...]
-    classes: tuple[str, ...]
-
-    def predict_many(self, X: np.ndarray) -> ScoreBatch: ...
-
-
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _EPS, 1 - _EPS)
     return np.log(p / (1 - p))
@@ -95,7 +85,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 class CompositeScorer:
     """Scores with every part and combines; the parts must share features and classes."""
 
-    def __init__(self, name: str, version: str, spec: CompositeSpec, parts: Sequence[_PartScorer]) -> None:
+    def __init__(self, name: str, version: str, spec: CompositeSpec, parts: Sequence[Scorer]) -> None:
         if len(parts) != len(spec.parts):
             raise ValueError(f"{len(spec.parts)} parts declared, {len(parts)} given")
         first = parts[0]
@@ -129,12 +119,15 @@ class CompositeScorer:
         return ScoreBatch(scores=proba[:, -1].copy(), labels=self._classes_arr[proba.argmax(axis=1)],
                           probabilities=proba)
 
+    def predict_one(self, features: Mapping[str, float]) -> dict[str, Any]:
+        return predict_one_via_many(self, features)
+
     def __repr__(self) -> str:
         parts = ", ".join(f"{p.name}@{p.version}" for p in self.parts)
         return f"CompositeScorer({self.name}@{self.version}, {self.spec.kind}: {parts})"
 
 
-def fit_stacking(parts: Sequence[_PartScorer], X: np.ndarray, y: np.ndarray) -> tuple[list[float], float]:
+def fit_stacking(parts: Sequence[Scorer], X: np.ndarray, y: np.ndarray) -> tuple[list[float], float]:
     """Coefficients and intercept of a logistic regression on the parts' log-odds (y: 1 = positive class).
 
     Fit on data none of the parts was trained on, or the blend learns the parts' overfitting.

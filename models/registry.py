@@ -647,7 +647,7 @@ class ModelRegistry:
         The snapshot must verify under the snapshot store's key (``hmac_key``, else ``snapshot_key_file``,
         else ``<snapshot_dir>/.signing-key``); from then on the signed record pins its sha256.
         """
-        from models.registry_river import flat_metrics, load_river_dir, read_snapshot
+        from models.registry_river import flat_metrics, load_river_dir, read_snapshot  # river+pandas: 1 s to import
 
         for value, what in [(name, "model name"), (version, "version"), *((a, "alias") for a in aliases)]:
             _check_name(value, what)
@@ -902,7 +902,7 @@ def load_version(root: str | Path, mv: ModelVersion) -> OnnxScorer | CompositeSc
     """Load a registered version from the registry directory, verifying it is the registered artifact."""
     path = artifact_dir(root, mv)
     if mv.kind == "river":
-        from models.registry_river import load_river_dir
+        from models.registry_river import load_river_dir  # river + pandas cost ~1 s to import: only for River versions
 
         return load_river_dir(path, mv.sha256, mv.name, mv.version)
     if mv.kind == "composite":

@@ -27,12 +27,14 @@ be the model class of the learner spec the snapshot names.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models.onnx_scorer import ScoreBatch
+from models.scorer import ScoreBatch, predict_one_via_many
 from online_learning.learner import Learner
 from online_learning.snapshots import ARTIFACT, META, SnapshotMeta, SnapshotStore, loads_state
 from online_learning.specs import get_spec
@@ -73,6 +75,9 @@ class RiverScorer:
 
     def predict_many(self, X: np.ndarray) -> ScoreBatch:
         return self._learner.predict_many(pd.DataFrame(X.astype(np.float64), columns=list(self.feature_names)))
+
+    def predict_one(self, features: Mapping[str, float]) -> dict[str, Any]:
+        return predict_one_via_many(self, features)
 
     def __repr__(self) -> str:
         return f"RiverScorer({self.name}@{self.version}, sha256={self.sha256[:12]}...)"

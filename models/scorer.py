@@ -3,7 +3,7 @@
 ONNX models (``models.onnx_scorer.OnnxScorer``), composites (``models.composite.CompositeScorer``),
 River snapshots (``models.registry_river.RiverScorer``) and live learners
 (``online_learning.learner.Learner``) all answer the same questions, so routing, drift, replay and
-``models diff`` never ask which kind they hold. ``tests/models/test_scorer_conformance.py`` runs the same
+``models diff`` never ask which kind they hold. ``tests/unit/models/test_scorer_conformance.py`` runs the same
 checks on every implementation (as River's ``river/checks`` does for its estimators).
 
 >>> import numpy as np

@@ -27,6 +27,8 @@ from pathlib import Path
 from pydantic import ValidationError
 from sklearn.ensemble import GradientBoostingClassifier
 
+from datastore.storage import LocalStorage
+from datastore.training import archive_training_data
 from models.artifacts import DEFAULT_SETTING, ModelDirError, foreign_model_error
 from models.card import CARD_FILENAME, ModelCard
 from models.demo import CLASS_NAMES, FEATURE_NAMES, make_dataset
@@ -72,9 +74,6 @@ def _export_demo(clf: GradientBoostingClassifier, split: DemoSplit, out_dir: str
                  data_dir: str | Path | None, force: bool) -> tuple[ModelCard, bool]:
     data_version = split.data_version
     if data_dir is not None:
-        from datastore.storage import LocalStorage
-        from datastore.training import archive_training_data
-
         data_version = archive_training_data(LocalStorage(data_dir), name, version, split.X_train, split.y_train,
                                              FEATURE_NAMES, CLASS_NAMES).id
     recipe = demo_recipe(split.seed)

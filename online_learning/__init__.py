@@ -1,1 +1,2 @@
-"""streamscore: online_learning."""
+"""River online learners: specs, the learner wrapper, prequential metrics, the labels join and signed snapshots
+loaded through an exact class allowlist."""

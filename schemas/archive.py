@@ -31,9 +31,9 @@ from typing import Any, Literal
 from fastavro import parse_schema
 from pydantic import BaseModel, ConfigDict
 
+from .avro_schemas import _strip_logical_types  # timestamps stay int epoch millis on read
 from .labels import Label
 from .records import FeatureEvent, Int, Long, Prediction, TimestampMillis
-from .registry import _strip_logical_types  # timestamps stay int epoch millis on read
 
 __all__ = ["ARCHIVE_SCHEMAS", "ArchivedEvent", "ArchivedLabel", "ArchivedPrediction", "KafkaHeader", "archive_schema",
            "parsed_archive_schema"]

@@ -29,8 +29,8 @@ import orjson
 from fastavro import schemaless_reader, schemaless_writer
 from pydantic import ValidationError
 
+from .avro_schemas import SCHEMA_IDS, parsed_schema, schema_id
 from .records import SUPPORTED_SCHEMA_VERSIONS, DeadLetter, FeatureEvent, Prediction
-from .registry import SCHEMA_IDS, parsed_schema, schema_id
 from .strict import avro_problem, json_duplicate_key
 
 __all__ = [

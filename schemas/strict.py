@@ -17,7 +17,7 @@ after a successful parse and cost little on the common path:
 True
 >>> json_duplicate_key(b'{"a": 1, "a" : 2}', {"a": 2})
 'a'
->>> from schemas.registry import parsed_schema
+>>> from schemas.avro_schemas import parsed_schema
 >>> schema = parsed_schema("feature_event")
 >>> body = bytes([2]) + b"e" + bytes([2]) + b"u" + bytes([0, 2]) + bytes([2, 2]) + b"x" + bytes(8) + bytes([0, 0])
 >>> avro_problem(body, 0, schema, {"event_id": "e", "entity_id": "u", "event_time": 0, "schema_version": 1,
@@ -193,7 +193,7 @@ _SIZERS: dict[int, tuple[Any, Callable[[Any], int]]] = {}
 
 
 def _sizer_of(schema: Any) -> Callable[[Any], int]:
-    # Parsed schemas are shared objects (registry.parsed_schema caches them): compile once per object.
+    # Parsed schemas are shared objects (avro_schemas.parsed_schema caches them): compile once per object.
     hit = _SIZERS.get(id(schema))
     if hit is None or hit[0] is not schema:
         if len(_SIZERS) > 64:  # callers with throwaway schemas (tests, doctests) must not grow this forever

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.signing import resolve_key
-from streams.drift.thresholds import DriftThresholds
-from streams.routing.spec import RouteSpec
+from schemas.drift_thresholds import DriftThresholds
+from schemas.routes import RouteSpec
 
 InputFormat = Literal["json", "avro", "auto"]
 
@@ -217,7 +217,7 @@ class Settings(BaseSettings):
     )
     routes: dict[str, dict] = Field(
         default_factory=dict, description="Input topic ('*' = every topic) -> routing spec "
-        "(streams.routing.spec.RouteSpec: single, ab, canary, shadow, bandit), JSON; overridden at run time by "
+        "(schemas.routes.RouteSpec: single, ab, canary, shadow, bandit), JSON; overridden at run time by "
         "`streamscore models route`.",
     )
     shadow_topic: str = Field("predictions-shadow", description="Where shadow-scored predictions go (never the "

@@ -17,9 +17,12 @@ sealed prediction segment of the archive (a version of input topics only).
 
 >>> import tempfile
 >>> from pathlib import Path
->>> s = Settings(model_dir=Path("artifacts/models/demo-risk/1"), state_dir=Path(tempfile.mkdtemp()))
->>> resolve_model_dir(s, "demo-risk@1")
-PosixPath('artifacts/models/demo-risk/1')
+>>> from models.train_demo import train_demo_model
+>>> root = Path(tempfile.mkdtemp())
+>>> _ = train_demo_model(root / "demo-risk" / "1", n=2000)
+>>> s = Settings(model_dir=root / "demo-risk" / "1", state_dir=root / "state")
+>>> resolve_model_dir(s, "demo-risk@1") == root / "demo-risk" / "1"
+True
 >>> resolve_model_dir(s, "demo-risk")
 Traceback (most recent call last):
 ...

@@ -11,6 +11,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from streams.drift.report import read_records, record_from_input, write_report
+from streams.drift.view import summarize_drift
+from streams.settings import Settings
+
 drift_app = typer.Typer(help="Drift monitoring: reports and status of the drift records (docs/drift.md).",
                         no_args_is_help=True)
 console = Console()
@@ -25,9 +29,6 @@ def report(
     limit: Annotated[int, typer.Option(help="--source drift: newest records to chart.")] = 500,
 ) -> None:
     """Write a self-contained HTML report: reference vs current distribution per feature, statistics over time."""
-    from streams.drift.report import read_records, record_from_input, write_report
-    from streams.settings import Settings
-
     settings = Settings()
     try:
         if source == "drift":
@@ -49,8 +50,5 @@ def report(
 @drift_app.command("status")
 def status() -> None:
     """The latest drift record as a table, with the alerts and retrain requests so far."""
-    from streams.drift.view import summarize_drift
-    from streams.settings import Settings
-
     if summarize_drift(Settings(), console) is None:
         raise typer.Exit(1)

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from schemas.drift import STATUS_LEVEL, DriftStatistic, DriftStatus, DriftSubject, Histogram
+from schemas.drift_thresholds import DriftThresholds, status_of
 from streams.drift.profile import FeatureProfile, ReferenceProfile
 from streams.drift.stats import (
     bin_proportions,
@@ -39,7 +40,6 @@ from streams.drift.stats import (
     total_variation,
     wasserstein_1,
 )
-from streams.drift.thresholds import DriftThresholds, status_of
 
 __all__ = ["check_column", "check_window", "worst_status"]
 

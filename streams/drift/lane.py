@@ -44,7 +44,6 @@ from faust.types import AppT
 from mode import Service
 from prometheus_client import Gauge
 
-from models.onnx_scorer import OnnxScorer
 from models.scorer import Scorer
 from schemas.codecs import InvalidEvent, decode_feature_event
 from schemas.drift import STATUS_LEVEL, DriftAlert, DriftRecord, RetrainRequest, encode
@@ -57,6 +56,7 @@ from streams.drift.profile import PROFILE_FILENAME, ReferenceProfile
 from streams.drift.window import SlidingWindow, WindowSnapshot
 from streams.kafka import clients
 from streams.kafka.publisher import Outbound, Publisher
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,17 @@ def load_reference(model_dir, card) -> tuple[ReferenceProfile, str] | None:
     return profile, card.reference_profile_sha256
 
 
+def reference_of(model: Scorer) -> tuple[ReferenceProfile, str] | None:
+    """The reference profile a scorer was exported with: its own (ONNX), its first part's (composite), or None."""
+    parts = getattr(model, "parts", None)
+    if parts:
+        return reference_of(parts[0])
+    card, source_dir = getattr(model, "card", None), getattr(model, "source_dir", None)
+    if card is None or source_dir is None:
+        return None
+    return load_reference(source_dir, card)
+
+
 class DriftMonitor:
     """Window, reference and alert state of one model; no Kafka client, no event loop.
 
@@ -85,7 +96,7 @@ class DriftMonitor:
     the lock only guards the window's arrays while a batch is appended or copied.
     """
 
-    def __init__(self, settings: Settings, scorer: OnnxScorer, profile: ReferenceProfile, profile_sha256: str,
+    def __init__(self, settings: Settings, scorer: Scorer, profile: ReferenceProfile, profile_sha256: str,
                  worker: str | None = None) -> None:
         if profile.feature_names != list(scorer.feature_names):
             raise ValueError(f"profile features {profile.feature_names} differ from the model's "
@@ -164,7 +175,7 @@ class DriftMonitor:
         if self.concept is not None:
             self.concept.add_features(event.event_id, row, ts_ms)
 
-    def switch_model(self, scorer: OnnxScorer, profile: ReferenceProfile, profile_sha256: str) -> None:
+    def switch_model(self, scorer: Scorer, profile: ReferenceProfile, profile_sha256: str) -> None:
         """Monitor another model from now on (a promotion): same input window, new reference, new alert state.
 
         The window's inputs stay (they are the same stream); the next evaluation judges them against the new
@@ -283,8 +294,6 @@ class DriftService(Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        from streams.kafka.topics import ensure_topics
-
         settings = self.monitor.settings
         await self.loop.run_in_executor(None, ensure_topics, settings, drift_topics(settings))
         if settings.drift_concept:  # one partition, as online learning needs it (streams/learning/lane.py)
@@ -308,15 +317,18 @@ class DriftService(Service):
         return record
 
     def follow_served_model(self) -> None:
-        """In registry mode, monitor the model that now serves the default route (after a promotion)."""
+        """In registry mode, monitor the model that now serves the default route (after a promotion).
+
+        Any ``Scorer`` is followed: an ONNX model with its own reference profile, a composite with its first
+        part's, and a River snapshot (which has none) against the inputs' reference in use so far, since
+        feature drift is about the inputs, which do not change with the model.
+        """
         model = self.served() if self.served is not None else None
         monitor = self.monitor
-        if not isinstance(model, OnnxScorer) or model.sha256 == monitor.scorer.sha256:
+        if model is None or model.sha256 == monitor.scorer.sha256:
             return
         try:
-            reference = load_reference(model.source_dir, model.card) if model.source_dir else None
-            if reference is None:
-                raise ValueError("it has no reference profile")
+            reference = reference_of(model) or (monitor.profile, monitor.profile_sha256)
             monitor.switch_model(model, *reference)
         except (OSError, ValueError) as exc:  # keep monitoring the previous model; say so once
             if self._not_followed != model.sha256:

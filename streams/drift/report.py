@@ -27,8 +27,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from confluent_kafka import TopicPartition
+
+from models.onnx_scorer import OnnxScorer
 from schemas.drift import DriftRecord, DriftStatistic, decode
+from streams.drift.lane import DriftMonitor, load_reference
 from streams.kafka import clients
+from streams.kafka.reader import read_all
 from streams.settings import Settings
 
 __all__ = ["read_records", "record_from_input", "render_report", "write_report"]
@@ -39,19 +44,12 @@ REFERENCE, CURRENT = "#9e9e9e", "#1565c0"
 
 def read_records(settings: Settings, limit: int = 500) -> list[DriftRecord]:
     """The last ``limit`` drift records of the drift topic, oldest first."""
-    from streams.kafka.reader import read_all
-
     records = [decode(DriftRecord, m.value()) for m in read_all(settings, settings.drift_topic)]
     return sorted(records, key=lambda r: r.computed_at)[-limit:]
 
 
 def record_from_input(settings: Settings, n_events: int) -> DriftRecord:
     """Drift of the last ``n_events`` input messages (spread over all input partitions), computed here."""
-    from confluent_kafka import TopicPartition
-
-    from models.onnx_scorer import OnnxScorer
-    from streams.drift.lane import DriftMonitor, load_reference
-
     scorer = OnnxScorer.from_dir(settings.model_dir)
     reference = load_reference(settings.model_dir, scorer.card)
     if reference is None:

@@ -25,6 +25,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from streams.kafka.reader import read_all
 from streams.settings import Settings
 
 __all__ = ["DRIFT_KEYS", "drift_table", "render_drift", "summarize_drift"]
@@ -133,8 +134,6 @@ def summarize_drift(settings: Settings, console: Console, since_ms: int | None =
     Returns the latest record's overall status, or None when there is no record yet (drift records
     need a full window: ``min(drift_window, drift_thresholds.min_events)`` events).
     """
-    from streams.kafka.reader import read_all
-
     def bodies(topic: str) -> list[dict[str, Any]]:
         try:
             found = [orjson.loads(m.value()) for m in read_all(settings, topic)]

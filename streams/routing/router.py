@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.scorer import Scorer
+from schemas.routes import RouteSpec
 from streams.metrics import PREDICTIONS_OUT
-from streams.routing.spec import RouteSpec
 from streams.scoring.records import RecordBuilder
 
 if TYPE_CHECKING:

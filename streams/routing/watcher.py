@@ -40,6 +40,7 @@ from faust.types import AppT
 from mode import Service
 from pydantic import ValidationError
 
+from models.card import ModelCard
 from models.registry import ModelRegistry, ModelVersion, RegistryError, RegistryRecord, RegistryState, load_version
 from models.scorer import Scorer
 from schemas.labels import InvalidLabel, decode_label
@@ -99,8 +100,6 @@ def registry_for(settings: Settings, features: list[str] | tuple[str, ...] | Non
     if features is None:
         features = settings.registry_features
         if features is None:
-            from models.card import ModelCard
-
             features = ModelCard.load(settings.model_dir).features
     return ModelRegistry(settings.registry_path, features, ControlPublisher(settings) if publish else None)
 

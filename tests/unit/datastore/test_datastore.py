@@ -23,7 +23,7 @@ from models.demo import sample_events
 from models.train_demo import train_demo_model
 from streams.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def records(topic: str = "features", n: int = 50, partitions: int = 2, seed: int = 1) -> list:

@@ -19,7 +19,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from schemas import codecs, drift, labels, records, registry, validation
+from schemas import avro_schemas, codecs, drift, labels, records, validation
+from schemas.avro_schemas import SCHEMA_IDS, parsed_schema, parsed_schema_by_id, raw_schema, schema_id
 from schemas.codecs import (
     REASON_CODES,
     InvalidEvent,
@@ -34,7 +35,6 @@ from schemas.codecs import (
 from schemas.drift import DriftAlert, DriftRecord, RetrainRequest
 from schemas.labels import Label, LearnerMetrics
 from schemas.records import SUPPORTED_SCHEMA_VERSIONS, DeadLetter, FeatureEvent, Prediction
-from schemas.registry import SCHEMA_IDS, parsed_schema, parsed_schema_by_id, raw_schema, schema_id
 from schemas.validation import FeatureValidator, input_hash
 
 TWINS: list[tuple[str, type[BaseModel]]] = [
@@ -357,10 +357,10 @@ def test_timestamp_fields_are_timestamp_millis_in_avsc() -> None:
         assert got == fields
 
 
-# --- registry -------------------------------------------------------------------------------------------
+# --- avro schemas -------------------------------------------------------------------------------------------
 
 
-def test_registry_ids_and_cache() -> None:
+def test_avro_schema_ids_and_cache() -> None:
     assert SCHEMA_IDS == {1: "feature_event", 2: "prediction", 3: "dead_letter"}
     for sid, name in SCHEMA_IDS.items():
         assert schema_id(name) == sid
@@ -373,7 +373,7 @@ def test_registry_ids_and_cache() -> None:
         schema_id("nope")
 
 
-def test_registry_reads_timestamps_as_int_millis() -> None:
+def test_avro_schemas_read_timestamps_as_int_millis() -> None:
     raw = encode_feature_event(FeatureEvent.model_validate(event_dict()), "avro")
     buf = io.BytesIO(raw[5:])
     rec = fastavro.schemaless_reader(buf, parsed_schema("feature_event"), None)
@@ -754,7 +754,7 @@ def test_input_hash_is_sha256_of_float32_le_row() -> None:
 # --- docstring examples stay runnable -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", [records, registry, codecs, validation, drift, labels],
+@pytest.mark.parametrize("module", [records, avro_schemas, codecs, validation, drift, labels],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module: types.ModuleType) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -30,7 +30,7 @@ from streams.drift.sim import concept_labels
 from streams.kafka.reader import read_all
 from streams.settings import Settings
 from tests.conftest import Flow, free_port
-from tests.test_drift_monitor import MAX_DELAY, SHIFT
+from tests.unit.streams.test_drift_monitor import MAX_DELAY, SHIFT
 
 pytestmark = pytest.mark.e2e
 

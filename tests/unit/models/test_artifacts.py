@@ -25,7 +25,7 @@ from models.serving import LEASE_PREFIX, hold_serving_lease, serving_pids
 from models.train_demo import DEFAULT_OUT, demo_recipe, ensure_demo_model, main, train_demo_model
 from models.training import train
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = {"model.onnx", "model_card.json", "reference_profile.json"}
 SMALL = {"seed": 3, "n": 1500}
 

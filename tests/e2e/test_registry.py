@@ -25,9 +25,9 @@ from models.demo import CLASS_NAMES, make_dataset, sample_events
 from models.registry import ModelRegistry
 from models.train_demo import export_demo_model, fit_demo_classifier, train_demo_model
 from schemas.drift import DriftRecord, decode
+from schemas.drift_thresholds import DriftThresholds
 from schemas.labels import Label, encode_label
 from streams.cli.produce import encode_events, produce
-from streams.drift.thresholds import DriftThresholds
 from streams.kafka.publisher import Outbound, Publisher
 from streams.kafka.reader import read_all, wait_for
 from streams.routing.router import ABSplit
@@ -336,3 +336,19 @@ def test_drift_monitoring_follows_the_promoted_champion(rflow, model_v2):
     assert after[0].model_sha256 == v2.onnx_sha256 and after[0].profile_sha256 == v2.reference_profile_sha256
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/drift", timeout=5) as resp:
         assert json.loads(resp.read())["model"] == "demo-risk@2"
+
+    # Any Scorer is followed through the protocol: a composite champion, with its first part's profile.
+    from models.composite import CompositeSpec, Part
+
+    spec = CompositeSpec(kind="weighted_average", parts=[Part(model="demo-risk", version="2", weight=1),
+                                                         Part(model="demo-risk", version="1", weight=1)])
+    rflow.registry.register_composite("demo-risk", "blend-1", spec)
+    rflow.registry.promote("demo-risk", "blend-1")
+    wait_status(port, lambda st: "demo-risk@blend-1" in json.dumps(st))
+    produce(s, rflow.json_topic, encode_events(sample_events(45, 100)))
+    deadline = time.monotonic() + 30
+    while not (blended := [r for r in records() if r.model_version == "blend-1"]):
+        assert time.monotonic() < deadline, "drift monitoring did not follow the composite champion"
+        time.sleep(0.2)
+    blend = rflow.registry.state.model("demo-risk").versions["blend-1"]
+    assert blended[0].model_sha256 == blend.sha256 and blended[0].profile_sha256 == v2.reference_profile_sha256

@@ -1,4 +1,4 @@
-"""Local Avro schema registry: loads the packaged .avsc files and caches their parsed forms.
+"""The packaged Avro schemas (.avsc) with their Confluent wire ids, parsed once and cached.
 
 Schema ids for Confluent wire framing (``0x00`` + 4-byte big-endian id + Avro body) come from the fixed
 local table ``SCHEMA_IDS``. With a real Confluent Schema Registry the ids would instead be obtained from

@@ -23,7 +23,7 @@ from streams.metrics import observe_many
 from streams.scoring.pipeline import InboundMessage, ScoringPipeline
 from streams.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # --- settings ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: check-jsonschema, a dev dependency, brings tomli
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 BIN = Path(sys.executable).parent
 SETTINGS_ENV = {f"STREAMSCORE_{name.upper()}" for name in Settings.model_fields}
