@@ -1,8 +1,8 @@
 """The sliding window of the drift monitor: the last N input messages, as numpy ring buffers.
 
-The drift agent appends on the event loop (cheap: a few array writes per message); the timer takes a
-``snapshot`` (a copy, still on the loop) and computes statistics on that copy on a worker thread, so
-the two never share mutable state and no lock is needed.
+The drift lane's consumer thread appends (a few array writes per message); the app's timer takes a
+``snapshot`` (a copy) and the statistics are computed on that copy on the drift thread. The window itself
+is not thread-safe: ``DriftMonitor`` holds its lock only while a batch is appended or copied.
 
 Undecodable messages take a slot too (a row of NaN flagged invalid), so the window is "the last N
 messages" and its offset ranges are contiguous per partition.
