@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(None, description="Names this worker in dead letters and metrics.")
     web_port: int = Field(6066, description="HTTP port of the worker (metrics, health).")
     lag_interval_s: float = Field(5.0, gt=0, description="How often each worker measures its group's consumer lag.")
+    stall_after_s: float = Field(
+        10.0, gt=0, description="/healthz fails when the engine has lag on its partitions but consumed nothing for "
+        "this long while the broker answers (a dead agent or engine thread).")
+    debug_endpoints: bool = Field(
+        False, description="Serve GET /debug/fail?part=NAME&times=N, which makes a part of the worker crash from "
+        "the inside (fault tests only; never in production).")
 
     # --- model -------------------------------------------------------------------------------
     model_dir: Path = Field(

@@ -75,6 +75,7 @@ class Flow:
     def start_worker(self, wait: bool = True, **overrides: object) -> subprocess.Popen:
         settings = self.settings.model_copy(update={"web_port": free_port(), **overrides})
         proc = start_worker(settings, self.log_dir / f"worker-{len(self.workers)}.log")
+        proc.settings = settings  # type: ignore[attr-defined]  # its web port, for health checks
         self.workers.append(proc)
         if wait and not wait_ready(settings.web_port, timeout=90, proc=proc):
             raise AssertionError(f"worker not ready:\n{self.log()}")

@@ -124,6 +124,7 @@ class ArchiveLane(BackgroundThread):
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stopping.is_set():
+                self.beat()
                 messages = clients.records(consumer, self.poll_records, 0.1, where="archive lane")
                 items = [(to_source(m), (m.topic(), m.partition(), m.offset())) for m in messages]
                 if items:
@@ -219,6 +220,19 @@ class ArchiveService(Service):
         while not self.should_stop:
             await self.sleep(self.retention_every_s)
             await self.loop.run_in_executor(None, housekeeping, self.storage, s)
+
+    def health(self) -> dict[str, object]:
+        lane = self.lane
+        if lane is None:
+            return {"healthy": False, "reason": "archive lane not started"}
+        healthy = lane.alive and lane.error is None
+        return {"healthy": healthy, "alive": lane.alive, "last_error": repr(lane.error) if lane.error else None}
+
+    def kill(self) -> str:
+        """Fault tests: the in-process lane stops as if it had died."""
+        if self.lane is not None:
+            self.lane.inject_failures(1)
+        return "archive lane will fail once (thread mode: it stays down, /healthz fails)"
 
     def status(self) -> dict[str, object]:
         lane = self.lane
@@ -326,6 +340,21 @@ class ArchiverProcess(Service):
                 if not self.should_stop:
                     self.restarts += 1
                     self._spawn()
+
+    def health(self) -> dict[str, object]:
+        """Healthy while the child runs; between its death and its restart (2 s) /healthz says so."""
+        proc = self.proc
+        alive = proc is not None and proc.poll() is None
+        return {"healthy": alive, "alive": alive, "pid": proc.pid if proc else None, "restarts": self.restarts,
+                **({} if alive else {"reason": f"archiver process exited with {proc.returncode if proc else None}"})}
+
+    def kill(self) -> str:
+        """Fault tests: SIGKILL the child (the supervisor restarts it)."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return "archiver process not running"
+        proc.kill()
+        return f"archiver process {proc.pid} killed"
 
     def status(self) -> dict[str, object]:
         proc = self.proc

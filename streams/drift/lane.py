@@ -273,6 +273,7 @@ class DriftLane(BackgroundThread):
         consumer.subscribe(topics, on_assign=lambda *_: self.assigned.set())
         try:
             while not self.stopping.is_set():
+                self.beat()
                 messages = clients.records(consumer, 500, 0.1, where="drift lane")
                 if messages:
                     self.monitor.add_many(messages)

@@ -56,6 +56,10 @@ class BatchEngine:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def run(self) -> None:
         s = self.settings
         consumer = clients.consumer(self.kafka, self.group_id)

@@ -89,6 +89,11 @@ class Learning:
     def status(self) -> dict[str, Any]:
         return {**self.trainer.status(), "scoring_assigned": self.lane.assigned.is_set()}
 
+    def health(self) -> dict[str, Any]:
+        trainer = self.trainer._thread is not None and self.trainer._thread.is_alive()
+        scoring = self.lane.alive
+        return {"healthy": trainer and scoring, "trainer_alive": trainer, "online_scoring_alive": scoring}
+
 
 class _LearningService(Service):
     def __init__(self, learning: Learning, **kwargs: object) -> None:

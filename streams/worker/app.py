@@ -10,6 +10,7 @@ The worker also serves /metrics (Prometheus), /healthz and /readyz on ``web_port
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import faust
@@ -18,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.onnx_scorer import OnnxScorer
 from models.scorer import Scorer
+from streams import metrics
 from streams.archive.lane import register_archiver
 from streams.drift.lane import register_drift_monitor
 from streams.engines.batch import BatchEngine
@@ -28,6 +30,7 @@ from streams.learning.lane import register_learning
 from streams.routing.watcher import register_registry
 from streams.scoring.pipeline import ScoringPipeline
 from streams.settings import Settings
+from streams.worker.health import Health, ProgressWatch
 from streams.worker.lag import register_lag_monitor
 
 log = logging.getLogger(__name__)
@@ -74,8 +77,58 @@ class Worker:
         self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion)
         self.archiver = register_archiver(app, settings)  # inputs + predictions into sealed, versioned segments
         self.registry = register_registry(app, settings, self.pipeline, features)  # versions, routing, hot swap
+        self.health = self._health()
         self.app.service(_Lifecycle(self))
         self._register_pages()
+
+    def _health(self) -> Health:
+        """Every part that can die or stall, with a probe /healthz reads (see streams/worker/health.py)."""
+        health = Health()
+        lag = self.lag
+
+        def owned_lag() -> int | None:
+            if not lag.lags:
+                return None
+            owned = self._assigned_partitions()
+            return sum(n for key, n in lag.lags.items() if owned is None or key in owned)
+
+        health.add("scoring", ProgressWatch(_consumed_events, owned_lag, lambda: lag.broker_reachable,
+                                            self.settings.stall_after_s).probe)
+        if self.batch_engine is not None:
+            engine = self.batch_engine
+            health.add("batch-engine", lambda: {"healthy": engine.alive, "alive": engine.alive})
+        health.add("lag-monitor", lag.health)
+        if self.drift is not None:
+            health.add("drift-lane", self.drift.lane.health)
+        if self.archiver is not None:
+            health.add("archiver", self.archiver.health)
+        if self.learning is not None:
+            health.add("learner", self.learning.health)
+        if self.registry is not None:
+            health.add("registry-watcher", self.registry.watcher.health)
+        return health
+
+    def _assigned_partitions(self) -> set[tuple[str, int]] | None:
+        """The partitions this worker scores (None: not known here, count every partition of the group)."""
+        if self.batch_engine is not None or not self.app.started:
+            return None
+        return {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+
+    def fail(self, part: str, times: int) -> str:
+        """Fault tests (STREAMSCORE_DEBUG_ENDPOINTS): make ``part`` crash ``times`` times, from the inside."""
+        lanes = {"lag-monitor": self.lag, "drift-lane": self.drift.lane if self.drift else None,
+                 "registry-watcher": self.registry.watcher if self.registry else None}
+        lane = lanes.get(part)
+        if lane is not None:
+            lane.inject_failures(times)
+            return f"{part} will fail {times} time(s)"
+        if part == "archiver" and self.archiver is not None:
+            return self.archiver.kill()
+        if part == "batch-engine" and self.batch_engine is not None:
+            self.batch_engine.stopping.set()  # the thread exits as if it had died; nothing restarts it
+            return "batch-engine thread stopped"
+        known = ", ".join(sorted([*lanes, "archiver", "batch-engine"]))
+        raise KeyError(f"no part {part!r} to fail here (known: {known})")
 
     def _served_champion(self) -> Scorer | None:
         """The default route's first arm (the champion) once the registry routes scoring, else None."""
@@ -97,13 +150,28 @@ class Worker:
 
         @app.page("/healthz")
         async def healthz(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
-            return web.json({"status": "ok", "uptime_s": round(time.time() - worker.started_at, 1)})
+            report = worker.health.report()
+            body = {**report, "uptime_s": round(time.time() - worker.started_at, 1), "pid": os.getpid()}
+            return web.json(body, status=200 if report["status"] == "ok" else 503)
+
+        if worker.settings.debug_endpoints:
+            @app.page("/debug/fail")
+            async def debug_fail(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+                part, times = request.query.get("part", ""), int(request.query.get("times", "1"))
+                try:
+                    return web.json({"ok": True, "detail": worker.fail(part, times)})
+                except KeyError as exc:
+                    return web.json({"ok": False, "detail": exc.args[0]}, status=404)
 
         @app.page("/readyz")
         async def readyz(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
             assigned, broker = worker.ready, worker.lag.broker_reachable  # both cached: no I/O per probe
+            scoring = worker.health.report()
+            routing_ok = worker.registry is None or worker.registry.watcher.health()["healthy"]
             body = {
-                "ready": assigned and broker,
+                "ready": assigned and broker and scoring["status"] == "ok" and routing_ok,
+                "healthy": scoring["status"] == "ok",
+                "registry_applied": routing_ok,
                 "partitions_assigned": assigned,
                 "broker_reachable": broker,
                 "broker_answered_s_ago": worker.lag.last_answer_age_s,
@@ -131,6 +199,11 @@ class _Lifecycle(Service):
         if self.worker.batch_engine is not None:
             await self.loop.run_in_executor(None, self.worker.batch_engine.stop)
         await self.loop.run_in_executor(None, self.worker.publisher.close)
+
+
+def _consumed_events() -> float:
+    """Inputs the pipeline has consumed so far (any topic), read from its own counter."""
+    return sum(s.value for family in metrics.EVENTS_IN.collect() for s in family.samples if s.name.endswith("_total"))
 
 
 def _faust_credentials(settings: Settings) -> faust.auth.Credentials | None:

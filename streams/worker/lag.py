@@ -26,7 +26,6 @@ False
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
@@ -35,6 +34,7 @@ from mode import Service
 from prometheus_client import Gauge
 
 from streams import metrics
+from streams.background import BackgroundThread
 from streams.kafka import clients
 from streams.settings import Settings
 
@@ -52,8 +52,10 @@ def lag_of(high: int, committed: int | None, low: int) -> int:
     return max(0, high - (low if committed is None else committed))
 
 
-class LagMonitor:
+class LagMonitor(BackgroundThread):
     """Measures the lag of ``group_id`` on ``topics`` every ``interval_s`` on a daemon thread."""
+
+    thread_name = "lag-monitor"
 
     def __init__(self, settings: Settings, group_id: str, topics: list[str], interval_s: float | None = None,
                  timeout_s: float = 5.0) -> None:
@@ -66,8 +68,7 @@ class LagMonitor:
         self.stale_after_s = max(3 * self.interval_s, 10.0)
         self.lags: dict[Key, int] = {}
         self._last_answer: float | None = None
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._consumer: Consumer | None = None
         self._gauges: dict[Key, Gauge] = {}
 
@@ -83,17 +84,12 @@ class LagMonitor:
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         metrics.BROKER_REACHABLE.set_function(lambda: float(self.broker_reachable))  # evaluated per scrape
-        self._thread = threading.Thread(target=self._run, name="lag-monitor", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         try:
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
+                self.beat()
                 started = time.monotonic()
                 try:
                     self.measure()
@@ -101,7 +97,7 @@ class LagMonitor:
                     log.warning("consumer lag of group %s not measured: %s", self.group_id, exc)
                 except Exception:  # a monitor must not die of a bug and leave stale gauges behind silently
                     log.exception("consumer lag of group %s not measured", self.group_id)
-                self._stopping.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+                self.stopping.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
         finally:
             self.close()
 
