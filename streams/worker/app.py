@@ -93,7 +93,7 @@ class Worker:
             return sum(n for key, n in lag.lags.items() if owned is None or key in owned)
 
         health.add("scoring", ProgressWatch(_consumed_events, owned_lag, lambda: lag.broker_reachable,
-                                            self.settings.stall_after_s).probe)
+                                            self.settings.stall_after_s, assigned=lambda: self.ready).probe)
         if self.batch_engine is not None:
             engine = self.batch_engine
             health.add("batch-engine", lambda: {"healthy": engine.alive, "alive": engine.alive})

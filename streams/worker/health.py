@@ -32,11 +32,13 @@ Probe = Callable[[], Mapping[str, object]]
 
 
 class ProgressWatch:
-    """Healthy unless there is lag and the consumed count has not moved for ``stall_after_s`` (broker up)."""
+    """Healthy unless there is lag and the consumed count has not moved for ``stall_after_s`` (broker up) since
+    partitions were assigned (a group join or a rebalance is not a stall)."""
 
     def __init__(self, consumed: Callable[[], float], lag: Callable[[], int | None], broker_ok: Callable[[], bool],
-                 stall_after_s: float = 10.0, now: Callable[[], float] = time.monotonic) -> None:
-        self.consumed, self.lag, self.broker_ok = consumed, lag, broker_ok
+                 stall_after_s: float = 10.0, now: Callable[[], float] = time.monotonic,
+                 assigned: Callable[[], bool] = lambda: True) -> None:
+        self.consumed, self.lag, self.broker_ok, self.assigned = consumed, lag, broker_ok, assigned
         self.stall_after_s = stall_after_s
         self.now = now
         self._last_count: float | None = None
@@ -44,7 +46,7 @@ class ProgressWatch:
 
     def probe(self) -> dict[str, object]:
         now, count, lag = self.now(), self.consumed(), self.lag()
-        if count != self._last_count or not lag:
+        if count != self._last_count or not lag or not self.assigned():  # the clock runs once partitions are ours
             self._last_count, self._moved_at = count, now
         idle = now - self._moved_at
         stalled = bool(lag) and idle >= self.stall_after_s and self.broker_ok()

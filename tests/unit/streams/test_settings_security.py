@@ -3,6 +3,7 @@ password staying out of everything that gets printed or logged."""
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -147,3 +148,29 @@ def test_worker_start_logs_do_not_contain_the_password(flow):
     text = log_path.read_text(errors="replace")
     assert "[^Worker]: Starting..." in text and "[DEBUG]" in text  # start-up was logged, in full detail
     assert SECRET not in text
+
+
+# --- every secret, not only the SASL password ---------------------------------------------------------------
+def test_every_secret_looking_setting_is_declared_secret():
+    from streams.settings import SECRET_FIELDS
+
+    looks_secret = {name for name in Settings.model_fields
+                    if name.endswith(("password", "_key", "secret", "token")) and not name.endswith("_file")}
+    assert looks_secret <= set(SECRET_FIELDS), looks_secret - set(SECRET_FIELDS)
+
+
+@pytest.mark.parametrize("name", ["sasl_password", "signing_key", "snapshot_hmac_key"])
+def test_secrets_never_appear_in_repr_dumps_or_scopes_but_reach_children(name, monkeypatch):
+    from streams.settings import SECRET_FIELDS
+
+    assert name in SECRET_FIELDS
+    field = Settings.model_fields[name]
+    assert field.repr is False and field.exclude is True
+    value = "s3cr3t-" + name.replace("_", "-") + "-0123456789"
+    s = Settings(**{name: value, "security_protocol": "SASL_SSL"})
+    for text in (repr(s), str(s), json.dumps(s.model_dump(mode="json")), s.model_dump_json(),
+                 repr(s.kafka), s.kafka.model_dump_json(), repr(s.scoring)):
+        assert value not in text
+    assert s.as_env()[f"STREAMSCORE_{name.upper()}"] == value  # handed on to the archiver child, explicitly
+    monkeypatch.setenv(f"STREAMSCORE_{name.upper()}", value)
+    assert getattr(Settings(), name) == value
