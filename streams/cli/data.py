@@ -135,6 +135,10 @@ def data_show(version: Annotated[str, typer.Argument(help="Version id or a uniqu
     for name, t in v.topics.items():
         spans = ", ".join(f"[{p}] {s.first_offset}..{s.last_offset} ({s.records})" for p, s in t.partitions.items())
         console.print(f"  {name} ({t.kind}, {t.records} records, {t.invalid} invalid): {spans}")
+        for p, part in t.partitions.items():  # only partitions with more than one incarnation list epochs
+            if part.epochs:
+                console.print(f"    [{p}] " + ", ".join(f"epoch {n}: {e.first_offset}..{e.last_offset} ({e.records})"
+                                                      for n, e in sorted(part.epochs.items())))
     console.print(f"  {len(v.segments)} segments, e.g. {v.segments[0].key if v.segments else '-'}")
     chain = parent_chain(storage, v)
     console.print("  history: " + " <- ".join(c.short_id for c in chain))
