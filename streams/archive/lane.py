@@ -26,7 +26,6 @@ one; they share ``data_dir`` (same host or a shared volume), each writing the pa
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import ctypes
 import logging
@@ -41,7 +40,8 @@ import urllib.request
 from collections.abc import Iterator
 
 import faust
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 from faust.types import AppT
 from mode import Service
 from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
@@ -52,6 +52,7 @@ from prometheus_client.registry import Collector
 from datastore.archive import Archive, TopicSpec
 from datastore.canonical import SourceRecord
 from datastore.catalog import recover
+from datastore.epochs import Epoch
 from datastore.manifest import SegmentManifest
 from datastore.retention import apply_retention, compact
 from datastore.storage import Storage, open_storage
@@ -62,6 +63,10 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 ARCHIVED = Counter("streamscore_archive_records_total", "Records written to archive segments", ["topic"])
+SKIPPED = Counter("streamscore_archive_records_skipped_total", "Records consumed again that the archive already "
+                  "holds (same epoch, same bytes): acknowledged, not written twice", ["topic"])
+EPOCHS = Counter("streamscore_archive_epochs_total", "New incarnations (epochs) of a topic partition started, by "
+                 "what revealed them (datastore.epochs)", ["topic", "reason"])
 SEALED = Counter("streamscore_archive_segments_sealed_total", "Segments sealed, by reason", ["reason"])
 SEALED_BYTES = Counter("streamscore_archive_sealed_bytes_total", "Bytes of sealed segment files")
 OPEN = Gauge("streamscore_archive_open_records", "Records in unsealed segments (consumed, not yet committed)")
@@ -77,6 +82,28 @@ def archive_topics(settings: Settings) -> dict[str, TopicSpec]:
     if settings.learner is not None:  # what River snapshots learn from (lineage: streams/archive/lineage.py)
         topics[settings.labels_topic] = TopicSpec("label", "json")
     return topics
+
+
+def topic_ids(admin: AdminClient, topics: list[str], timeout: float = 3.0) -> dict[str, str]:
+    """The broker's Kafka topic id of each topic it describes (DescribeTopics); topics it cannot describe are left
+    out, so the archive falls back on comparing records (an older broker, a missing Describe ACL, a timeout).
+
+    Tansu answers with a topic id, and a new one when a topic is deleted and created again (measured).
+    """
+    if not topics:
+        return {}
+    try:
+        futures = admin.describe_topics(TopicCollection(sorted(topics)), request_timeout=timeout)
+    except KafkaException as exc:
+        log.warning("archive lane: topic ids not available (%s); incarnations are told by their records", exc)
+        return {}
+    found = {}
+    for topic, future in futures.items():
+        try:
+            found[topic] = str(future.result(timeout=timeout).topic_id)
+        except (KafkaException, TimeoutError) as exc:  # confluent-kafka raises either when the broker does not answer
+            log.warning("archive lane: no topic id for %s (%s)", topic, exc)
+    return found
 
 
 def to_source(m: Message) -> SourceRecord:
@@ -101,11 +128,15 @@ class ArchiveLane(BackgroundThread):
         self.archive: Archive[Position] = Archive(
             storage, self.topics, settings.archive_segment_records, settings.archive_segment_seconds,
             codec=settings.archive_codec, writer=f"{settings.app_id}-{settings.worker_name}",
-            max_payload_bytes=settings.max_payload_bytes, on_sealed=self._sealed)
+            max_payload_bytes=settings.max_payload_bytes, on_sealed=self._sealed, on_new_epoch=self._new_epoch)
         self.assigned = threading.Event()
         self.committed: dict[tuple[str, int], int] = {}  # next offset committed per partition
         self._ready: dict[tuple[str, int], int] = {}  # next offset that may be committed
         self._last_commit = time.monotonic()
+        self._admin: AdminClient | None = None  # for topic ids, created with the consumer
+        for topic in self.topics:  # every series from the start: "0 skipped" is shown, not absent
+            ARCHIVED.labels(topic)
+            SKIPPED.labels(topic)
         self.error: BaseException | None = None
         super().__init__()
 
@@ -121,6 +152,7 @@ class ArchiveLane(BackgroundThread):
 
     def run(self) -> None:
         consumer = clients.consumer(self.settings.kafka, self.group_id, background=True)
+        self._admin = clients.admin(self.settings.kafka)
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stopping.is_set():
@@ -129,8 +161,7 @@ class ArchiveLane(BackgroundThread):
                 items = [(to_source(m), (m.topic(), m.partition(), m.offset())) for m in messages]
                 if items:
                     self._ackable(self.archive.add(items))
-                    for topic, n in collections.Counter(rec.topic for rec, _ in items).items():
-                        ARCHIVED.labels(topic).inc(n)
+                    self._count()
                 self._ackable(self.archive.seal_due())
                 OPEN.set(self.archive.open_records)
                 self._commit(consumer)
@@ -141,6 +172,22 @@ class ArchiveLane(BackgroundThread):
             consumer.close()
             self.archive.close()
             OPEN.set(0)
+
+    def _count(self) -> None:
+        # Written and skipped apart: a consumed record the archive already holds is not archived again, and when
+        # it was counted as archived, 10 re-created-topic records that were skipped showed as archived.
+        for (topic, outcome), n in self.archive.drain_counts().items():
+            (ARCHIVED if outcome == "written" else SKIPPED).labels(topic).inc(n)
+
+    def _new_epoch(self, epoch: Epoch) -> None:
+        """A new incarnation of a partition: its offsets start again, so what was committed or ready for the old
+        one would hold commits back (``_commit`` only moves forward) until the new one passed the old offsets."""
+        tp = (epoch.topic, epoch.partition)
+        old_committed, old_ready = self.committed.pop(tp, None), self._ready.pop(tp, None)
+        EPOCHS.labels(epoch.topic, epoch.reason).inc()
+        log.warning("archive lane: %s[%d] is a new incarnation: epoch %d (%s; %s); commits restart from its offsets "
+                    "(old incarnation: committed %s, ready %s)", epoch.topic, epoch.partition, epoch.epoch,
+                    epoch.reason, epoch.evidence or "-", old_committed, old_ready)
 
     def _ackable(self, positions: list[Position]) -> None:
         for topic, partition, offset in positions:
@@ -171,8 +218,22 @@ class ArchiveLane(BackgroundThread):
         SEALED_BYTES.inc(manifest.bytes)
         log.debug("sealed %s (%d records, %s)", manifest.key, manifest.record_count, manifest.sealed_by)
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("archive lane assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        # Runs on the lane thread (inside consume): the Archive is not shared with another thread.
+        ids = topic_ids(self._admin, sorted({p.topic for p in partitions})) if self._admin is not None else {}
+        reborn = []
+        for p in partitions:
+            before = self.archive.epoch_of(p.topic, p.partition)
+            if self.archive.check_incarnation(p.topic, p.partition, [], topic_id=ids.get(p.topic)).epoch != before:
+                # A new incarnation: the group's committed offset may be the old one's (a commit that landed after
+                # the topic was re-created; Tansu then serves nothing below it, so 180 new records sat unread).
+                # Read it from its start; what this epoch already holds is skipped, not written twice.
+                p.offset = OFFSET_BEGINNING
+                reborn.append(f"{p.topic}[{p.partition}]")
+        if reborn:
+            log.warning("archive lane: reading %s from the beginning (new incarnation)", ", ".join(reborn))
+            consumer.assign(partitions)
         self.assigned.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

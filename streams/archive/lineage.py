@@ -7,7 +7,9 @@
                               └──▶ training data version ──▶ its parent chain
 
 Segments are found through the Bloom filter of event ids in each manifest (datastore.bloom), so only
-segments that may hold the id are opened; a filter hit is then confirmed row by row.
+segments that may hold the id are opened; a filter hit is then confirmed row by row. An event archived in
+several incarnations of its topic (epochs, datastore.epochs) is listed once per epoch, newest first, and a
+dataset version holds it only if it holds that epoch's record.
 
 >>> import tempfile
 >>> from datastore.storage import LocalStorage
@@ -23,8 +25,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from datastore.bloom import BloomFilter
-from datastore.catalog import coverage_of, list_manifests
+from datastore import catalog
+from datastore.catalog import coverage_of
 from datastore.dataset import (
     DatasetVersion,
     OffsetRange,
@@ -35,8 +37,6 @@ from datastore.dataset import (
     snapshot,
 )
 from datastore.manifest import SegmentManifest
-from datastore.records import row_event_ids
-from datastore.segment import read_segment
 from datastore.storage import Storage
 from models.card import ModelCard
 from online_learning.snapshots import SnapshotStore
@@ -51,7 +51,8 @@ class ArchivedRow:
 
     @property
     def position(self) -> str:
-        return f"{self.row['topic']}[{self.row['partition']}]@{self.row['offset']}"
+        where = f"{self.row['topic']}[{self.row['partition']}]@{self.row['offset']}"
+        return where if self.manifest.epoch == 0 else f"{where} (epoch {self.manifest.epoch})"
 
 
 @dataclass
@@ -91,15 +92,11 @@ class Lineage:
 
 
 def find_rows(storage: Storage, event_id: str, lineage: Lineage | None = None) -> list[ArchivedRow]:
-    """Every archived row whose event id (decoded, or key) is ``event_id``."""
-    found = []
-    for m in list_manifests(storage):
-        if event_id not in BloomFilter.from_text(m.event_ids):
-            continue
-        if lineage is not None:
-            lineage.segments_opened += 1
-        found += [ArchivedRow(m, row) for row in read_segment(storage, m.key, expected_sha256=m.sha256)
-                  if event_id in row_event_ids(row)]
+    """Every archived row whose event id (decoded, or key) is ``event_id``, of every epoch, newest epoch first."""
+    opened: list[str] = []
+    found = [ArchivedRow(m, row) for m, row in catalog.find_rows(storage, event_id, opened)]
+    if lineage is not None:
+        lineage.segments_opened += len(opened)
     return found
 
 
@@ -132,8 +129,9 @@ def trace(settings: Settings, storage: Storage, event_id: str) -> Lineage:
     for hit in find_rows(storage, event_id, lineage):
         {"event": lineage.events, "prediction": lineage.predictions, "label": lineage.labels}[hit.manifest.kind].append(
             hit)
-    positions = [(r.row["topic"], r.row["partition"], r.row["offset"], r.row["timestamp_ms"]) for r in lineage.events]
-    lineage.versions = [v for v in list_versions(storage) if any(v.holds(*p) for p in positions)]
+    positions = [(r.row["topic"], r.row["partition"], r.row["offset"], r.row["timestamp_ms"], r.manifest.epoch)
+                 for r in lineage.events]
+    lineage.versions = [v for v in list_versions(storage) if any(v.holds(*p[:4], epoch=p[4]) for p in positions)]
     models: dict[tuple[str, str, str], ModelLineage] = {}
     for hit in lineage.predictions:
         p = hit.row["prediction"]

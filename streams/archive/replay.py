@@ -3,8 +3,15 @@
 For every archived input event of the version, the model scores the decoded features exactly as the
 worker does (``FeatureValidator.row`` -> float32 -> ``OnnxScorer.predict_many``), and the result is
 compared with every recorded prediction of that model for the same source record (matched on
-``source_topic/partition/offset``, which each prediction carries): score, probabilities and label, and
+``source_topic/partition/offset`` and the event id, which each prediction carries: offsets alone are
+ambiguous once a topic had two incarnations, datastore.epochs): score, probabilities and label, and
 the sha256 of the float32 model input (``input_hash``).
+
+The verdict is about the predictions compared, and only those: ``ok`` when at least one was compared, none
+differs, and all were made by this artifact (sha256). Events without a recorded prediction (``unrecorded``)
+and recorded predictions whose input is not in the version (``orphaned``) are counted apart and do not fail
+it: with recorded predictions taken from the whole archive, the orphans' other artifacts once failed a replay
+that printed "0 of 10500 predictions differ".
 
 * ``tolerance=0`` (default) means bit for bit: the float64 bit patterns must be equal. onnxruntime is
   deterministic for a given graph, input and *intra-op thread count* (tree sums are reordered across
@@ -41,6 +48,7 @@ import numpy as np
 
 from datastore.catalog import list_manifests
 from datastore.dataset import DatasetVersion, merged_rows, version_rows
+from datastore.records import row_event_ids
 from datastore.storage import Storage
 from models.card import CARD_FILENAME
 from models.onnx_scorer import OnnxScorer
@@ -50,6 +58,7 @@ from schemas.validation import FeatureValidator, input_hash
 from streams.settings import Settings
 
 Position = tuple[str, int, int]
+Source = tuple[str, int, int, str]  # source position and event id: what a prediction names of its input
 
 
 def resolve_model_dir(settings: Settings, ref: str) -> Path:
@@ -113,7 +122,7 @@ class ReplayReport:
     mismatched: int = 0
     unrecorded: int = 0  # scored by replay, no recorded prediction of this model
     orphaned: int = 0  # recorded predictions whose input is not in the version
-    recorded_sha256: set[str] = field(default_factory=set)
+    recorded_sha256: set[str] = field(default_factory=set)  # of the predictions compared
     max_abs_diff: float = 0.0
     mismatches: list[Mismatch] = field(default_factory=list)
 
@@ -131,19 +140,20 @@ def _bits(x: float) -> bytes:
 
 
 def recorded_predictions(storage: Storage, version: DatasetVersion, name: str, model_version: str,
-                         ) -> tuple[dict[Position, list[dict[str, Any]]], str]:
-    """Recorded predictions of ``name@model_version`` by source record; and where they came from."""
+                         ) -> tuple[dict[Source, list[dict[str, Any]]], str]:
+    """Recorded predictions of ``name@model_version`` by source record and event id; and where they came from."""
     segments: list[Any] = [s for s in version.segments if s.kind == "prediction"]
     source = "version"
     if not segments:
         segments = [m for m in list_manifests(storage) if m.kind == "prediction"]
         source = "archive"
-    found: dict[Position, list[dict[str, Any]]] = {}
+    found: dict[Source, list[dict[str, Any]]] = {}
     rows = merged_rows(storage, segments, version.selection if source == "version" else None)
     for _seg, row in rows:
         p = row["prediction"]
         if p is not None and p["model_name"] == name and p["model_version"] == model_version:
-            found.setdefault((p["source_topic"], p["source_partition"], p["source_offset"]), []).append(p)
+            found.setdefault((p["source_topic"], p["source_partition"], p["source_offset"], p["event_id"]), []
+                             ).append(p)
     return found, source
 
 
@@ -154,9 +164,8 @@ def replay(storage: Storage, version: DatasetVersion, scorer: OnnxScorer, tolera
     recorded, source = recorded_predictions(storage, version, scorer.name, scorer.version)
     report = ReplayReport(version.id, f"{scorer.name}@{scorer.version}", scorer.sha256, tolerance,
                           recorded_source=source)
-    report.recorded_sha256 = {p["model_sha256"] for preds in recorded.values() for p in preds}
     validator = FeatureValidator(scorer.feature_names)
-    seen: set[Position] = set()
+    seen: set[Source] = set()
     batch: list[tuple[Position, str]] = []
     rows: list[list[float]] = []
 
@@ -166,7 +175,8 @@ def replay(storage: Storage, version: DatasetVersion, scorer: OnnxScorer, tolera
         X = np.asarray(rows, dtype=np.float32)
         out = scorer.predict_many(X)
         for i, (pos, event_id) in enumerate(batch):
-            _compare(report, pos, event_id, recorded.get(pos, []), float(out.scores[i]), str(out.labels[i]),
+            _compare(report, pos, event_id, recorded.get((*pos, event_id), []), float(out.scores[i]),
+                     str(out.labels[i]),
                      dict(zip(scorer.classes, out.probabilities[i].tolist(), strict=True)),
                      input_hash(X[i].tobytes()), keep_mismatches)
         if on_progress is not None:
@@ -179,7 +189,9 @@ def replay(storage: Storage, version: DatasetVersion, scorer: OnnxScorer, tolera
             continue
         report.events += 1
         pos = (row["topic"], row["partition"], row["offset"])
-        seen.add(pos)
+        ids = row_event_ids(row)  # the decoded event id, else the record key (what the worker's dead letter names)
+        for event_id in ids:
+            seen.add((*pos, event_id))
         try:
             if row["event"] is None:
                 raise InvalidEvent("schema_violation", row["invalid_reason"] or "does not decode")
@@ -187,10 +199,12 @@ def replay(storage: Storage, version: DatasetVersion, scorer: OnnxScorer, tolera
             rows.append(validator.row(event))
         except InvalidEvent:
             report.unscorable += 1
-            if recorded.get(pos):  # the worker scored what replay cannot: a mismatch by definition
+            for p in (p for event_id in ids for p in recorded.get((*pos, event_id), [])):
+                # the worker scored what replay cannot: a mismatch by definition
+                report.compared += 1
                 report.mismatched += 1
-                _keep(report, Mismatch(recorded[pos][0]["event_id"], pos, ("unscorable",),
-                                       recorded[pos][0]["score"], None), keep_mismatches)
+                report.recorded_sha256.add(p["model_sha256"])
+                _keep(report, Mismatch(p["event_id"], pos, ("unscorable",), p["score"], None), keep_mismatches)
             if on_progress is not None:
                 on_progress(1)
             continue
@@ -216,6 +230,7 @@ def _compare(report: ReplayReport, pos: Position, event_id: str, recorded: list[
     tol = report.tolerance
     for p in recorded:  # duplicates (at-least-once) must each match
         report.compared += 1
+        report.recorded_sha256.add(p["model_sha256"])
         bad = []
         diffs = [abs(score - p["score"])] + [abs(probabilities[c] - p["probabilities"].get(c, np.nan))
                                               for c in probabilities]

@@ -1,4 +1,5 @@
-"""`streamscore data snapshot|versions|show|verify|learned|gc|archiver`, `streamscore lineage ID`, `streamscore replay`.
+"""`streamscore data snapshot|versions|show|verify|learned|sql|export|gc|archiver`, `streamscore lineage ID`,
+`streamscore replay`.
 
 They read the archive directory directly (``STREAMSCORE_DATA_DIR``, default ``<state_dir>/data``), the one
 the workers' archivers write; no broker is needed. See docs/data_versioning.md.
@@ -12,9 +13,14 @@ the workers' archivers write; no broker is needed. See docs/data_versioning.md.
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
 import time
-from datetime import datetime, timezone
-from typing import Annotated
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,7 +34,8 @@ from datastore.segment import verify_segment
 from datastore.storage import Storage, StorageNotAvailable, open_storage
 from streams.settings import Settings
 
-data_app = typer.Typer(help="Archived data: dataset versions (snapshot, list, show, verify, learned) and gc.",
+data_app = typer.Typer(help="Archived data: dataset versions (snapshot, list, show, verify, learned), SQL and "
+                       "Parquet export, and gc.",
                        no_args_is_help=True)
 console = Console(width=140)
 
@@ -128,6 +135,10 @@ def data_show(version: Annotated[str, typer.Argument(help="Version id or a uniqu
     for name, t in v.topics.items():
         spans = ", ".join(f"[{p}] {s.first_offset}..{s.last_offset} ({s.records})" for p, s in t.partitions.items())
         console.print(f"  {name} ({t.kind}, {t.records} records, {t.invalid} invalid): {spans}")
+        for p, part in t.partitions.items():  # only partitions with more than one incarnation list epochs
+            if part.epochs:
+                console.print(f"    [{p}] " + ", ".join(f"epoch {n}: {e.first_offset}..{e.last_offset} ({e.records})"
+                                                      for n, e in sorted(part.epochs.items())))
     console.print(f"  {len(v.segments)} segments, e.g. {v.segments[0].key if v.segments else '-'}")
     chain = parent_chain(storage, v)
     console.print("  history: " + " <- ".join(c.short_id for c in chain))
@@ -160,6 +171,122 @@ def data_verify(
         console.print(f"[red]{what}: {len(problems)} problems[/]")
         raise typer.Exit(1)
     console.print(f"[green]✓[/] {what}: verified")
+
+
+def _cell(value: Any) -> Any:
+    """A query result value as JSON/CSV text can hold it: bytes as UTF-8 (else hex), times as ISO-8601."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return value.hex()
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_cell(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _cell(v) for k, v in value.items()}
+    return value
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    cell = _cell(value)
+    return cell if isinstance(cell, str) else json.dumps(cell)
+
+
+@data_app.command("sql")
+def data_sql(
+    sql: Annotated[str, typer.Argument(help="One SQL statement (DuckDB) over the views events, dead_letters, "
+                                       "predictions, labels.")],
+    data: Annotated[str | None, typer.Option("--data", help="Dataset version id (or unique prefix).")] = None,
+    parquet: Annotated[Path | None, typer.Option(help="Instead of a version: a directory of exported .parquet "
+                                                 "files (searched recursively).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Rows as JSON lines (one object per row).")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Rows as CSV with a header line.")] = False,
+    limit: Annotated[int, typer.Option(help="Rows shown in the table (--json/--csv print every row).")] = 100,
+) -> None:
+    """Query a dataset version with SQL (DuckDB, in process, offline); see docs/data_versioning.md for examples."""
+    from datastore.sql import QueryError, query  # duckdb: only for this command
+
+    if (data is None) == (parquet is None):
+        console.print("[red]give a dataset version (--data VERSION) or exported files (--parquet DIR), one of "
+                      "the two[/]")
+        raise typer.Exit(2)
+    if as_json and as_csv:
+        console.print("[red]--json and --csv are exclusive: choose one output format[/]")
+        raise typer.Exit(2)
+    storage = _storage() if data is not None else None
+    source = _load(storage, data) if storage is not None and data is not None else parquet
+    try:
+        columns, rows = query(source, sql, storage)  # type: ignore[arg-type]
+    except QueryError as exc:
+        console.print(f"[red]query failed: {exc}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(dict(zip(columns, (_cell(v) for v in row), strict=True))) + "\n")
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_shown(v) if v is not None else "" for v in row] for row in rows])
+        return
+    table = Table(*columns)
+    for row in rows[:limit]:
+        table.add_row(*(_shown(v) for v in row))
+    console.print(table)
+    more = f", {limit} shown (--limit, or --json/--csv for all)" if len(rows) > limit else ""
+    console.print(f"{len(rows)} rows{more}")
+
+
+@data_app.command("export")
+def data_export(
+    version: Annotated[str, typer.Argument(help="Version id or a unique prefix (>= 4 characters).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Directory for the .parquet files; default "
+                                             "<data_dir>/parquet/<version id>/.")] = None,
+) -> None:
+    """Write a dataset version as Parquet (events, predictions, labels): for pandas, polars, DuckDB, Spark."""
+    from datastore.parquet import content_id, export_version  # pyarrow: only for this command
+
+    storage = _storage()
+    v = _load(storage, version)
+    if out is not None and out.exists() and not out.is_dir():
+        console.print(f"[red]--out {out}: exists and is not a directory (give a directory)[/]")
+        raise typer.Exit(2)
+    if out is not None:
+        # never overwrite a user's file: only our own exports of this same version may be rewritten
+        clash = [p for p in out.glob("*.parquet") if p.name in {"events.parquet", "predictions.parquet",
+                                                                   "labels.parquet"} and not _export_of(p, v.id)]
+        if clash:
+            console.print(f"[red]--out {out}: {clash[0].name} is there and is not an export of {v.short_id}; "
+                          "give an empty or new directory[/]")
+            raise typer.Exit(2)
+    started = time.perf_counter()
+    paths = export_version(storage, v, out)
+    took = time.perf_counter() - started
+    ok = content_id(paths) == v.id
+    console.print(f"exported dataset version [bold]{v.id}[/] ({v.record_count} records, {took:.2f} s); content id "
+                  + ("[green]verified[/]" if ok else "[red]DIFFERS[/]"))
+    for path in paths:
+        print(path)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _export_of(path: Path, version_id: str) -> bool:
+    import pyarrow.parquet as pq  # only for export
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):
+        return False
+    return meta.get(b"streamscore.version_id") == version_id.encode()
 
 
 @data_app.command("gc")
@@ -338,7 +465,10 @@ def replay(
         return
     if report.compared == 0:
         console.print("[red]✗ nothing to compare: no recorded prediction of this model for the version's events[/]")
-    else:
+    elif report.mismatched:
         console.print(f"[red]✗ {report.mismatched} of {report.compared} predictions differ "
                       f"(max |difference| {report.max_abs_diff:.3g})[/]")
+    else:  # every score reproduced, but the predictions name another artifact: not a reproduction of *this* model
+        console.print(f"[red]✗ {report.matched} of {report.compared} predictions reproduced {mode}, but they were "
+                      "recorded by another model artifact (sha256 above)[/]")
     raise typer.Exit(1)
