@@ -433,3 +433,57 @@ class ScoringSettings(_Scope):
 class SCOPES:  # noqa: N801 - a namespace: scope name -> scope class, for the docs and the tests
     kafka = KafkaSettings
     scoring = ScoringSettings
+
+
+# --- what a user gets told when the environment is wrong ---------------------------------------------------
+def _env_name(field: str) -> str:
+    return f"{Settings.model_config['env_prefix']}{field.upper()}"
+
+
+def settings_error_line(exc: Exception) -> str:
+    """One line for a settings mistake: the variable, the bad value, what is accepted.
+
+    >>> import pydantic
+    >>> try:
+    ...     Settings(partitions=0)
+    ... except pydantic.ValidationError as exc:
+    ...     print(settings_error_line(exc))
+    STREAMSCORE_PARTITIONS=0: Input should be greater than or equal to 1 (accepted: int; Partitions for topics ...)
+    """
+    from pydantic import ValidationError  # the one error type pydantic raises for bad input
+
+    if not isinstance(exc, ValidationError) or not exc.errors():
+        return str(exc).splitlines()[0]
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first.get("loc") else ""
+    if field not in Settings.model_fields:  # a model-level check (e.g. password and password file together)
+        return f"settings: {first['msg'].removeprefix('Value error, ')}"
+    info = Settings.model_fields[field]
+    kind = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+    hint = " ".join((info.description or "").split())
+    accepted = f"{kind}; {hint[:60]}{' ...' if len(hint) > 60 else ''}" if hint else kind
+    value = first.get("input")
+    shown = value if isinstance(value, str | int | float) else json.dumps(value, default=str)[:80]
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{_env_name(field)}={shown}: {first['msg'].removeprefix('Value error, ')} (accepted: {accepted}){more}"
+
+
+def unknown_env_names(environ: dict[str, str]) -> list[tuple[str, str | None]]:
+    """``STREAMSCORE_*`` variables that name no setting, each with the closest valid name (or None).
+
+    >>> unknown_env_names({"STREAMSCORE_MODEL_DIRR": "x", "STREAMSCORE_BROKER": "embedded", "HOME": "/"})
+    [('STREAMSCORE_MODEL_DIRR', 'STREAMSCORE_MODEL_DIR')]
+    """
+    import difflib  # stdlib; only when the environment is checked
+
+    prefix = Settings.model_config["env_prefix"]
+    valid = {_env_name(name) for name in Settings.model_fields}
+    nested = {f"{_env_name(name)}__" for name in Settings.model_fields}  # STREAMSCORE_DRIFT_THRESHOLDS__<NAME>
+    extra = {"STREAMSCORE_TEST_BROKER"}  # read by the test suite, not by Settings
+    unknown = []
+    for name in sorted(environ):
+        if not name.startswith(prefix) or name in valid or name in extra or name.startswith(tuple(nested)):
+            continue
+        close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.75)
+        unknown.append((name, close[0] if close else None))
+    return unknown
