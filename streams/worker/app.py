@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 import time
 from contextlib import ExitStack
 
@@ -214,6 +215,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
                         settings.model_dir, exc.strerror or exc)
         worker = Worker(settings)
         runner = _FaustWorker(worker.app, loglevel=loglevel, quiet=True)
+        if not sys.stdout.isatty():
+            runner.spinner = None  # it writes cursor escapes even into a log file (the demo's, a test's)
         try:
             runner.execute_from_commandline()
         except SystemExit:
