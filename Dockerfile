@@ -15,7 +15,7 @@ COPY . .
 RUN pip install -c constraints.txt . && rm -rf build
 
 # A fixed numeric uid, so Kubernetes can verify runAsNonRoot without a passwd lookup.
-# /var/lib/streamscore holds the only writable state (Faust data dir, a locally trained demo model).
+# /var/lib/streamscore holds the only writable state (Faust data dir, the demo model baked below).
 RUN groupadd --system --gid 10001 streamscore \
  && useradd --system --uid 10001 --gid streamscore --home-dir /var/lib/streamscore --create-home \
         --shell /usr/sbin/nologin streamscore
@@ -26,6 +26,11 @@ RUN mkdir -p /var/lib/streamscore/state /var/lib/streamscore/models
 ENV STREAMSCORE_STATE_DIR=/var/lib/streamscore/state \
     STREAMSCORE_MODEL_DIR=/var/lib/streamscore/models/demo-risk/1 \
     STREAMSCORE_WEB_PORT=6066
+
+# The demo model, baked at build time (byte-identical on every build). The worker never trains: a
+# folder mounted over STREAMSCORE_MODEL_DIR must hold model.onnx + model_card.json, or the worker
+# exits 2 with one line (an empty named volume is first filled with this model by Docker itself).
+RUN streamscore train-demo --out "$STREAMSCORE_MODEL_DIR"
 
 EXPOSE 6066
 

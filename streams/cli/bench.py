@@ -125,10 +125,10 @@ def predictions_total(port: int) -> float:
 
 
 def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 2000) -> None:
-    ensure_broker(settings)
     from streams.cli.common import ensure_demo_model
 
-    ensure_demo_model(settings)
+    ensure_demo_model(settings)  # a bad STREAMSCORE_MODEL_DIR fails before a broker is started for nothing
+    ensure_broker(settings)
     scorer = OnnxScorer.from_dir(settings.model_dir)
     events = sample_events(12345, n)
     X = np.array([[e["features"][f] for f in scorer.feature_names] for e in events], dtype=np.float32)

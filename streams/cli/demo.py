@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -31,7 +32,11 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
 
 
 def wait_ready(port: int, timeout: float = 60, proc: subprocess.Popen | None = None) -> bool:
-    """Poll the worker's /readyz until it has partitions assigned (False if it dies first)."""
+    """Poll the worker's /readyz until it has partitions assigned (False if it dies first).
+
+    With ``proc``, only an answer from that process counts (the ``pid`` in the body): another worker
+    already on the port must not pass for the child, which meanwhile fails to bind and exits.
+    """
     import urllib.error
     import urllib.request
 
@@ -41,12 +46,29 @@ def wait_ready(port: int, timeout: float = 60, proc: subprocess.Popen | None = N
             return False
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
+                if resp.status == 200 and (proc is None or _answer_pid(resp.read()) == proc.pid):
                     return True
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
     return False
+
+
+def _answer_pid(body: bytes) -> int | None:
+    try:
+        pid = orjson.loads(body).get("pid")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None  # not a streamscore worker's /readyz
+    return pid if isinstance(pid, int) else None
+
+
+def worker_failure(proc: subprocess.Popen, log_path: Path, timeout: float) -> str:
+    """One line on why a child worker did not get ready: its exit code and last log line, or the timeout."""
+    if proc.poll() is None:
+        return f"worker (pid {proc.pid}) not ready within {timeout:.0f} s; see {log_path}"
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    last = lines[-1].removeprefix("error: ") if lines else "no output"
+    return f"worker exited with code {proc.returncode}: {last} (log {log_path})"
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 30) -> int:
@@ -63,15 +85,19 @@ def topic_of(settings: Settings, fmt: str) -> str | None:
     return next((t for t, f in settings.input_topics.items() if f == fmt), None)
 
 
+READY_TIMEOUT_S = 60.0
 DRIFT_SHIFT = 1.0  # the demo's changed population (models.demo ``shift``): alerted within ~600 events
 
 
 def run_demo(settings: Settings, n_events: int, console: Console, drift_events: int = 1000) -> int:
     """Score ``n_events`` sample events and the bad inputs, then (``drift_events`` > 0) a shifted stream
     until the drift monitor alerts; print predictions, dead letters and drift."""
-    from streams.cli.common import ensure_demo_model, progress_bar, render
+    from streams.cli.common import ensure_demo_model, fail, progress_bar, render
     from streams.drift.view import summarize_drift
+    from streams.worker.app import check_web_port  # faust (~1 s): only when the demo runs
 
+    check_web_port(settings)  # user errors first, before the broker and a model are started for nothing
+    ensure_demo_model(settings)
     if "STREAMSCORE_DRIFT_INTERVAL_S" not in os.environ:  # judge the window every second, not every 5 s
         settings = settings.model_copy(update={"drift_interval_s": 1.0})
     t0 = time.monotonic()
@@ -80,7 +106,6 @@ def run_demo(settings: Settings, n_events: int, console: Console, drift_events: 
         servers = ensure_broker(settings)
     kind = "embedded Tansu, memory-only" if settings.is_embedded else "Kafka"
     console.print(f"[green]✓[/] broker at {servers} ({kind})")
-    ensure_demo_model(settings)
     ensure_topics(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.state_dir / "demo-worker.log"
@@ -88,9 +113,13 @@ def run_demo(settings: Settings, n_events: int, console: Console, drift_events: 
     console.print(f"[green]✓[/] worker started (engine {settings.engine}, pid {worker.pid}, log {log_path})")
     try:
         with console.status("waiting for the worker to join its consumer group"):
-            if not wait_ready(settings.web_port, proc=worker):
-                console.print(f"[red]worker failed to get ready; see {log_path}[/]")
-                return 1
+            ready = wait_ready(settings.web_port, READY_TIMEOUT_S, proc=worker)
+        if not ready:
+            message = worker_failure(worker, log_path, READY_TIMEOUT_S)
+            if worker.returncode == 2:  # the child's user error (port, model folder): the demo's too
+                fail(message)
+            typer.echo(f"error: {message}", err=True)
+            return 1
         run_seed = int(time.time())  # fresh event ids each run, so counts are of this run only
         events = sample_events(run_seed, n_events)
         json_topic, avro_topic = topic_of(settings, "json"), topic_of(settings, "avro")

@@ -7,14 +7,22 @@ override them for one call.
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from streams.cli.broker import broker_app
-from streams.cli.common import console, ensure_demo_model, progress_bar, render, settings
+from streams.cli.common import (
+    DEFAULT_MODEL_DIR,
+    console,
+    ensure_demo_model,
+    fail,
+    progress_bar,
+    render,
+    settings,
+    user_errors,
+)
 from streams.cli.data import data_app, lineage, replay
 from streams.cli.drift import drift_app
 from streams.cli.learners import learners_app
@@ -27,17 +35,35 @@ app.add_typer(broker_app, name="broker")
 
 @app.command("train-demo")
 def train_demo(
-    out: Annotated[Path, typer.Option(help="Model directory to write.")] = Path("artifacts/models/demo-risk/1"),
+    out: Annotated[Path, typer.Option(help="Model directory to write.")] = DEFAULT_MODEL_DIR,
     seed: int = 7,
     n: Annotated[int, typer.Option(help="Rows of synthetic training data.")] = 20000,
+    force: Annotated[bool, typer.Option(help="Replace a different model written there before (never a served "
+                                        "one, never a model.onnx without a card).")] = False,
 ) -> None:
-    """Train the demo transaction-risk model (sklearn GBT) and export it to ONNX with a model card."""
-    from models.train_demo import train_demo_model
+    """Train the demo transaction-risk model (sklearn GBT) and export it to ONNX with a model card.
 
-    with console.status("training demo model"):
-        card = train_demo_model(out, seed=seed, n=n)
-    console.print(f"[green]✓[/] {card.name}@{card.version} -> {out}  "
+    Same seed and n give byte-identical files: re-training changes nothing ("unchanged").
+    """
+    from models.train_demo import train_demo_model  # heavy (sklearn, skl2onnx): only this command
+
+    _check_out_folder(out)
+    card_path = out / "model_card.json"
+    before = card_path.read_bytes() if card_path.is_file() else None
+    with user_errors(), console.status("training demo model"):
+        card = train_demo_model(out, seed=seed, n=n, force=force)
+    what = "unchanged (identical artifacts already there)" if card_path.read_bytes() == before else "trained"
+    console.print(f"[green]✓[/] {what}: {card.name}@{card.version} -> {out}  "
                   f"ROC AUC {card.metrics['roc_auc']:.3f}  sha256 {card.onnx_sha256[:12]}")
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse an --out that can never be a folder before training (~20 s), not after."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                fail(f"--out {out}: {path} is a file, not a folder; give a folder for model.onnx + model_card.json")
+            return
 
 
 # --- produce -----------------------------------------------------------------------------------
@@ -80,11 +106,13 @@ def worker(
     web_port: Annotated[int | None, typer.Option(help="Port for /metrics, /healthz, /readyz.")] = None,
 ) -> None:
     """Run a scoring worker until Ctrl-C: consume, validate, score, publish predictions and dead letters."""
-    from streams.worker.app import run_worker
+    from streams.worker.app import WorkerStartError, check_web_port, run_worker
 
     s = settings(engine=engine, web_port=web_port)
-    ensure_demo_model(s)
-    run_worker(s, loglevel=loglevel)
+    with user_errors(WorkerStartError):
+        check_web_port(s)  # before a model is trained (~20 s) or the broker started
+        ensure_demo_model(s)
+        run_worker(s, loglevel=loglevel)
 
 
 # --- tail --------------------------------------------------------------------------------------
@@ -125,8 +153,11 @@ def demo(
 ) -> None:
     """Broker + model + worker + producer: score sample events, show predictions, dead letters and drift."""
     from streams.cli.demo import run_demo
+    from streams.worker.app import WorkerStartError
 
-    sys.exit(run_demo(settings(engine=engine), events, console, drift_events))
+    with user_errors(WorkerStartError):
+        code = run_demo(settings(engine=engine), events, console, drift_events)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -137,7 +168,8 @@ def bench(
     """Measure end-to-end throughput and latency against raw confluent-kafka and raw onnxruntime."""
     from streams.cli.bench import run_bench
 
-    run_bench(settings(), 20_000 if quick else events, console)
+    with user_errors():
+        run_bench(settings(), 20_000 if quick else events, console)
 
 
 app.add_typer(learners_app, name="learners")  # online learning: list|show|rollback snapshots

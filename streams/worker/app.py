@@ -9,9 +9,13 @@ The worker also serves /metrics (Prometheus), /healthz and /readyz on ``web_port
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
+import sys
 import time
+from contextlib import ExitStack
 
 import faust
 from mode import Service
@@ -19,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.onnx_scorer import OnnxScorer
 from models.scorer import Scorer
+from models.serving import hold_serving_lease
 from streams import metrics
 from streams.archive.lane import register_archiver
 from streams.drift.lane import register_drift_monitor
@@ -151,7 +156,8 @@ class Worker:
         @app.page("/healthz")
         async def healthz(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
             report = worker.health.report()
-            body = {**report, "uptime_s": round(time.time() - worker.started_at, 1), "pid": os.getpid()}
+            body = {**report, "uptime_s": round(time.time() - worker.started_at, 1), "pid": os.getpid(),
+                    "worker": worker.settings.worker_name}
             return web.json(body, status=200 if report["status"] == "ok" else 503)
 
         if worker.settings.debug_endpoints:
@@ -177,6 +183,8 @@ class Worker:
                 "broker_answered_s_ago": worker.lag.last_answer_age_s,
                 "engine": worker.settings.engine,
                 "model": f"{worker.scorer.name}@{worker.scorer.version}",
+                "pid": os.getpid(),  # lets a launcher tell its own child from another worker on the port
+                "worker": worker.settings.worker_name,
             }
             return web.json(body, status=200 if body["ready"] else 503)
 
@@ -224,12 +232,67 @@ def _faust_credentials(settings: Settings) -> faust.auth.Credentials | None:
     )
 
 
+class WorkerStartError(RuntimeError):
+    """The worker cannot start as configured; ``str()`` is one line for the user."""
+
+
+def check_web_port(settings: Settings) -> None:
+    """Raise ``WorkerStartError`` if the web port cannot be bound (checked before Faust starts)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does: TIME_WAIT is fine
+        try:
+            sock.bind(("0.0.0.0", settings.web_port))
+        except OSError as exc:
+            raise _port_error(settings.web_port, exc) from None
+
+
+def _port_error(port: int, exc: OSError) -> WorkerStartError:
+    if exc.errno == errno.EADDRINUSE:
+        return WorkerStartError(f"port {port} is in use (another worker?); set STREAMSCORE_WEB_PORT or --web-port")
+    return WorkerStartError(f"cannot listen on port {port} ({exc.strerror or exc}); "
+                            "set STREAMSCORE_WEB_PORT or --web-port")
+
+
+class _FaustWorker(faust.Worker):
+    """Keeps a failed bind of the web port (lost to a race after ``check_web_port``) as a one-line error."""
+
+    bind_error: OSError | None = None
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+            self.bind_error = exc  # mode would log a 60-line traceback and exit 1
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run a worker in the foreground until SIGINT/SIGTERM (which stop it gracefully)."""
+    """Run a worker in the foreground until SIGINT/SIGTERM (which stop it gracefully).
+
+    Raises ``WorkerStartError`` if the web port is taken. While it runs, the worker holds a serving
+    lease on its model folder (models.serving), so ``train-demo`` refuses to overwrite the model.
+    """
     from streams.kafka.broker import ensure_broker
     from streams.kafka.topics import ensure_topics
 
+    check_web_port(settings)
     ensure_broker(settings)
     ensure_topics(settings)
-    worker = Worker(settings)
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(hold_serving_lease(settings.model_dir))
+        except OSError as exc:  # a read-only mount (docker-compose mounts the model volume :ro): nobody here writes it
+            log.warning("no serving lease on %s (%s); trainers can only be stopped by its permissions",
+                        settings.model_dir, exc.strerror or exc)
+        worker = Worker(settings)
+        runner = _FaustWorker(worker.app, loglevel=loglevel, quiet=True)
+        if not sys.stdout.isatty():
+            runner.spinner = None  # it writes cursor escapes even into a log file (the demo's, a test's)
+        try:
+            runner.execute_from_commandline()
+        except SystemExit:
+            if runner.bind_error is None:
+                raise
+        if runner.bind_error is not None:
+            raise _port_error(settings.web_port, runner.bind_error)
