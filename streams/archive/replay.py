@@ -85,7 +85,7 @@ def resolve_model_dir(settings: Settings, ref: str) -> Path:
 
 def _from_registry(settings: Settings, name: str, version: str) -> Path | None:
     try:
-        from models.registry import LOG_FILENAME, ModelRegistry, RegistryError
+        from models.registry import LOG_FILENAME, ModelRegistry, RegistryError  # heavy: river + pandas, ~0.7 s
     except ImportError:  # the registry is optional
         return None
     root = Path(getattr(settings, "registry_dir", None) or settings.state_dir / "registry")

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from models.demo import sample_events
 from models.onnx_scorer import OnnxScorer
+from streams.cli.common import ensure_demo_model
 from streams.cli.demo import start_worker, stop_worker, wait_ready
 from streams.cli.produce import encode_events, produce, stamped_now
 from streams.kafka import clients
@@ -125,7 +126,6 @@ def predictions_total(port: int) -> float:
 
 
 def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 2000) -> None:
-    from streams.cli.common import ensure_demo_model
 
     ensure_demo_model(settings)  # a bad STREAMSCORE_MODEL_DIR fails before a broker is started for nothing
     ensure_broker(settings)
@@ -163,7 +163,7 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 20
         table.add_row(
             f"streamscore worker, {engine}", f"{r['throughput']:,.0f}", f"{r['throughput'] / raw_kafka:.2f}",
             f"{r['p50']:.1f}", f"{r['p99']:.1f}")
-    from online_learning.bench import bench_learners
+    from online_learning.bench import bench_learners  # heavy: river + pandas, ~0.7 s
 
     with console.status("River learners, in process (prequential predict-then-learn)"):
         learner_rows = bench_learners(min(n, 50_000))

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from models.card import ModelCard
 from streams.drift.view import render_drift
 from streams.settings import Settings
 
@@ -66,7 +67,6 @@ def ensure_demo_model(s: Settings) -> Path:
     with console.status("training demo model") if trains else nullcontext():
         model_dir = ensure(s.model_dir, DEFAULT_MODEL_DIR)
     if trains:
-        from models.card import ModelCard
 
         card = ModelCard.load(model_dir)
         console.print(f"[green]✓[/] {card.name}@{card.version} -> {model_dir}  "

@@ -32,6 +32,8 @@ from datastore.dataset import verify_version as verify_dataset
 from datastore.retention import apply_retention, compact
 from datastore.segment import verify_segment
 from datastore.storage import Storage, StorageNotAvailable, open_storage
+from streams.cli.common import progress_bar
+from streams.drift.alerts import parse_data_version
 from streams.settings import Settings
 
 data_app = typer.Typer(help="Archived data: dataset versions (snapshot, list, show, verify, learned), SQL and "
@@ -86,8 +88,7 @@ def data_snapshot(
     """Make a dataset version of what is sealed now; the same content always gives the same id."""
     ranges = None
     if offsets is not None:
-        from datastore.dataset import OffsetRange
-        from streams.drift.alerts import parse_data_version
+        from datastore.dataset import OffsetRange  # heavy: the archive and fastavro, ~0.4 s: only this command needs it
 
         try:
             ranges = [OffsetRange(**r.model_dump()) for r in parse_data_version(offsets)]
@@ -150,7 +151,6 @@ def data_verify(
 ) -> None:
     """Check sha256, decoding, offsets and content hashes; exit 1 on any problem."""
     storage = _storage()
-    from streams.cli.common import progress_bar
 
     if version is not None:
         v = _load(storage, version)
@@ -329,8 +329,8 @@ def data_learned(
     version: Annotated[int | None, typer.Argument(help="Snapshot version; default the latest.")] = None,
 ) -> None:
     """The dataset version of the labels a River snapshot learned since its parent (same snapshot, same id)."""
-    from online_learning.snapshots import SnapshotStore
-    from streams.archive.lineage import LabelsNotArchived, learner_data_version
+    from online_learning.snapshots import SnapshotStore  # heavy: river + pandas, ~0.7 s
+    from streams.archive.lineage import LabelsNotArchived, learner_data_version  # heavy
 
     s = Settings()
     store = SnapshotStore(s.snapshot_path, learner, s.snapshot_hmac_key)
@@ -357,7 +357,7 @@ def data_archiver() -> None:
     """
     import logging
 
-    from streams.archive.lane import run_archiver
+    from streams.archive.lane import run_archiver  # heavy: the archive and fastavro, ~0.4 s: only this command needs it
 
     s = Settings()
     _storage(s)  # a bad data store URL is refused here, with the CLI's message
@@ -369,7 +369,7 @@ def data_archiver() -> None:
 def lineage(event_id: Annotated[str, typer.Argument(help="Event id (the key of input and prediction records).")],
             ) -> None:
     """Show an event, its predictions, the model of each, and the data version that model was trained on."""
-    from streams.archive.lineage import trace
+    from streams.archive.lineage import trace  # heavy: the archive and fastavro, ~0.4 s: only this command needs it
 
     s = Settings()
     lin = trace(s, _storage(s), event_id)
@@ -426,10 +426,9 @@ def replay(
     show: Annotated[int, typer.Option(help="Mismatches to list.")] = 10,
 ) -> None:
     """Re-score a dataset version's events and compare with the recorded predictions; exit 1 on any mismatch."""
-    from models.onnx_scorer import OnnxScorer
-    from streams.archive.replay import replay as run_replay
-    from streams.archive.replay import resolve_model_dir
-    from streams.cli.common import progress_bar
+    from models.onnx_scorer import OnnxScorer  # heavy: onnxruntime, ~0.25 s: only this command needs it
+    from streams.archive.replay import replay as run_replay  # heavy
+    from streams.archive.replay import resolve_model_dir  # heavy
 
     s = Settings()
     storage = _storage(s)

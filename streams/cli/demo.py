@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from models.demo import FEATURE_NAMES, sample_events
+from streams.cli.common import ensure_demo_model, fail, progress_bar, render
 from streams.cli.produce import bad_avro_payloads, bad_payloads, encode_events, produce, stamped_now
+from streams.drift.view import summarize_drift
 from streams.kafka.broker import ensure_broker
 from streams.kafka.reader import wait_for
 from streams.kafka.topics import ensure_topics
@@ -92,8 +94,6 @@ DRIFT_SHIFT = 1.0  # the demo's changed population (models.demo ``shift``): aler
 def run_demo(settings: Settings, n_events: int, console: Console, drift_events: int = 1000) -> int:
     """Score ``n_events`` sample events and the bad inputs, then (``drift_events`` > 0) a shifted stream
     until the drift monitor alerts; print predictions, dead letters and drift."""
-    from streams.cli.common import ensure_demo_model, fail, progress_bar, render
-    from streams.drift.view import summarize_drift
     from streams.worker.app import check_web_port  # faust (~1 s): only when the demo runs
 
     check_web_port(settings)  # user errors first, before the broker and a model are started for nothing
@@ -171,11 +171,9 @@ def run_demo(settings: Settings, n_events: int, console: Console, drift_events: 
 
 def drift_phase(settings: Settings, console: Console, seed: int, n_events: int, since_ms: int) -> bool:
     """Produce a shifted population in steps of 100 events until the drift monitor raises an alert."""
-    from streams.cli.common import progress_bar
-
     if settings.drift_window == 0:
         return False
-    from streams.drift.lane import drift_topics
+    from streams.drift.lane import drift_topics  # heavy: scipy + onnxruntime, ~1 s: only this command needs it
 
     ensure_topics(settings, drift_topics(settings))
     json_topic = topic_of(settings, "json")

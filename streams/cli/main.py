@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from models.demo import FEATURE_NAMES, sample_events
 from streams.cli.broker import broker_app
 from streams.cli.common import (
     DEFAULT_MODEL_DIR,
@@ -24,9 +25,15 @@ from streams.cli.common import (
     user_errors,
 )
 from streams.cli.data import data_app, lineage, replay
+from streams.cli.demo import run_demo
 from streams.cli.drift import drift_app
 from streams.cli.learners import learners_app
 from streams.cli.models import models_app
+from streams.cli.produce import bad_payloads, encode_events, read_jsonl
+from streams.cli.produce import produce as produce_payloads
+from streams.kafka.broker import ensure_broker
+from streams.kafka.reader import follow as follow_topic
+from streams.kafka.topics import ensure_topics
 
 app = typer.Typer(help="Kafka-native streaming inference: score event streams with ONNX and River models.",
                   no_args_is_help=True, add_completion=False)
@@ -78,12 +85,6 @@ def produce(
     bad: Annotated[bool, typer.Option(help="Also send one bad input of each kind.")] = False,
 ) -> None:
     """Produce feature events (synthetic samples or a file) keyed by event id, with a progress bar."""
-    from models.demo import FEATURE_NAMES, sample_events
-    from streams.cli.produce import bad_payloads, encode_events, read_jsonl
-    from streams.cli.produce import produce as produce_payloads
-    from streams.kafka.broker import ensure_broker
-    from streams.kafka.topics import ensure_topics
-
     s = settings()
     ensure_broker(s)
     ensure_topics(s, [topic])
@@ -106,7 +107,7 @@ def worker(
     web_port: Annotated[int | None, typer.Option(help="Port for /metrics, /healthz, /readyz.")] = None,
 ) -> None:
     """Run a scoring worker until Ctrl-C: consume, validate, score, publish predictions and dead letters."""
-    from streams.worker.app import WorkerStartError, check_web_port, run_worker
+    from streams.worker.app import WorkerStartError, check_web_port, run_worker  # faust: ~1.3 s
 
     s = settings(engine=engine, web_port=web_port)
     with user_errors(WorkerStartError):
@@ -125,8 +126,6 @@ def tail(
     raw: Annotated[bool, typer.Option(help="Print the raw JSON value.")] = False,
 ) -> None:
     """Print a topic's messages readably (predictions, dead letters, anything JSON); follows by default."""
-    from streams.kafka.reader import follow as follow_topic
-
     s = settings()
     shown = 0
     try:
@@ -152,8 +151,7 @@ def demo(
                                               "alerts (0: skip the drift part).")] = 1000,
 ) -> None:
     """Broker + model + worker + producer: score sample events, show predictions, dead letters and drift."""
-    from streams.cli.demo import run_demo
-    from streams.worker.app import WorkerStartError
+    from streams.worker.app import WorkerStartError  # heavy: faust + onnxruntime, ~1.3 s: only this command needs it
 
     with user_errors(WorkerStartError):
         code = run_demo(settings(engine=engine), events, console, drift_events)
@@ -166,7 +164,7 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Smaller runs, for a smoke check.")] = False,
 ) -> None:
     """Measure end-to-end throughput and latency against raw confluent-kafka and raw onnxruntime."""
-    from streams.cli.bench import run_bench
+    from streams.cli.bench import run_bench  # heavy: the benchmark's imports, ~0.3 s: only for `bench`
 
     with user_errors():
         run_bench(settings(), 20_000 if quick else events, console)

@@ -29,8 +29,10 @@ from streams.archive.lane import register_archiver
 from streams.drift.lane import register_drift_monitor
 from streams.engines.batch import BatchEngine
 from streams.engines.faust_agent import register_scoring_agent
+from streams.kafka.broker import ensure_broker
 from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Publisher
+from streams.kafka.topics import ensure_topics
 from streams.learning.lane import register_learning
 from streams.routing.watcher import register_registry
 from streams.scoring.pipeline import ScoringPipeline
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 
 class Worker:
     """Holds the Faust app and the objects its agents share."""
-
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.scorer = OnnxScorer.from_dir(settings.model_dir)
@@ -191,7 +192,6 @@ class Worker:
 
 class _Lifecycle(Service):
     """Starts the batch engine with the worker; on stop, flushes outputs before Faust's final commit."""
-
     def __init__(self, worker: Worker, **kwargs: object) -> None:
         self.worker = worker
         super().__init__(**kwargs)
@@ -255,7 +255,6 @@ def _port_error(port: int, exc: OSError) -> WorkerStartError:
 
 class _FaustWorker(faust.Worker):
     """Keeps a failed bind of the web port (lost to a race after ``check_web_port``) as a one-line error."""
-
     bind_error: OSError | None = None
 
     async def start(self) -> None:
@@ -273,8 +272,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     Raises ``WorkerStartError`` if the web port is taken. While it runs, the worker holds a serving
     lease on its model folder (models.serving), so ``train-demo`` refuses to overwrite the model.
     """
-    from streams.kafka.broker import ensure_broker
-    from streams.kafka.topics import ensure_topics
 
     check_web_port(settings)
     ensure_broker(settings)
