@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from models.signing import SigningKeyError
 from streams.cli.broker import broker_app
 from streams.cli.common import console, ensure_demo_model, progress_bar, render, settings
 from streams.cli.data import data_app, lineage, replay
@@ -83,6 +84,12 @@ def worker(
     from streams.worker.app import run_worker
 
     s = settings(engine=engine, web_port=web_port)
+    if s.registry_model or s.learner:  # they load what the deployment key signed; no key on Kafka: stop here
+        try:
+            s.signing_key_bytes()
+        except SigningKeyError as exc:
+            console.print(f"[red]✗[/] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
     ensure_demo_model(s)
     run_worker(s, loglevel=loglevel)
 
