@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from models.signing import SigningKeyError
@@ -41,7 +42,7 @@ VersionArg = Annotated[str, typer.Argument(help="Snapshot version: a number, e.g
 
 def _fail(message: object) -> typer.Exit:
     """One red line (never wrapped), exit code 2: the request was refused."""
-    console.print(f"[red]✗[/] {message}", soft_wrap=True, highlight=False)
+    console.print(f"[red]✗[/] {escape(' '.join(str(message).split()))}", soft_wrap=True, highlight=False)
     return typer.Exit(2)
 
 
@@ -126,7 +127,7 @@ def show(version: VersionArg, learner: LearnerOption = None) -> None:
         meta, _ = store.verified_bytes(number)
     except (SnapshotError, OSError) as exc:
         console.print(meta.model_dump_json(indent=2))
-        console.print(f"[red]✗ integrity: {exc}[/]", soft_wrap=True, highlight=False)
+        console.print(f"[red]✗ integrity: {escape(str(exc))}[/]", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from None
     console.print(meta.model_dump_json(indent=2))
     console.print(f"[green]✓[/] {store.learner} v{number}: artifact sha256 {meta.sha256[:12]}… and signature "

@@ -21,6 +21,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from models.card import ModelCard
@@ -35,9 +36,18 @@ models_app = typer.Typer(help="Model registry: versions, aliases, rollback, rout
 console = Console()
 
 
+def _one_line(message: object) -> str:
+    if isinstance(message, ValidationError):  # pydantic's message is several lines with a link
+        errors = message.errors()
+        where = ".".join(str(p) for p in errors[0]["loc"])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return f"invalid {message.title}: {where + ': ' if where else ''}{errors[0]['msg']}{more}"
+    return " ".join(str(message).split())
+
+
 def _fail(message: object) -> typer.Exit:
     """One red line (never wrapped: scripts grep it), exit code 2: the request was refused."""
-    console.print(f"[red]✗[/] {message}", soft_wrap=True, highlight=False)
+    console.print(f"[red]✗[/] {escape(_one_line(message))}", soft_wrap=True, highlight=False)
     return typer.Exit(2)
 
 
