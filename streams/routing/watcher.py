@@ -309,10 +309,12 @@ class RegistryWatcher(BackgroundThread):
     def rebuild(self) -> None:
         try:
             table = self.builder.build(self.reader.state, self.router.table)
-        except (RegistryError, ValidationError, OSError) as exc:
-            if str(exc) != self.build_error:
-                log.error("registry change not applied, still scoring with the previous table: %s", exc)
-            self.build_error = str(exc)
+        except Exception as exc:  # whatever a version fails with (a refused pickle, a bad ONNX graph): keep serving
+            cause = str(exc) if isinstance(exc, RegistryError | ValidationError | OSError) else \
+                f"{type(exc).__name__}: {exc}"
+            if cause != self.build_error:
+                log.error("registry change not applied, still scoring with the previous table: %s", cause)
+            self.build_error = cause
             return
         self.router.swap(table)
         self.swaps += 1
