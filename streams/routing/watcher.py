@@ -163,7 +163,11 @@ class ControlReader:
         """Apply what arrives within ``timeout``; how many records changed the state."""
         changed = 0
         for msg in clients.records(self.consumer, 500, timeout, where="registry topic"):
-            changed += self.apply(msg.value(), msg.offset())
+            try:
+                changed += self.apply(msg.value(), msg.offset())
+            except Exception:  # not a refusal: read this record (and the rest of the batch) again after the backoff
+                self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                raise
         return changed
 
     def retry(self) -> int:
@@ -271,6 +275,7 @@ class RegistryWatcher(BackgroundThread):
                                 "broker lost the control topic") from exc
         self.router = Router(table, shadow_topic=settings.shadow_topic, prediction_topic=settings.prediction_topic)
         self._next_retry = time.monotonic() + RETRY_REJECTED_S
+        self._rebuild_due = False
         super().__init__()
 
     # --- the thread ---------------------------------------------------------------------------------
@@ -282,6 +287,7 @@ class RegistryWatcher(BackgroundThread):
                     self.step(0.2)
                 except Exception as exc:  # a dead watcher would serve a stale table silently: never let it die
                     self.thread_errors += 1
+                    self._rebuild_due = True  # records applied before the error have not reached the table yet
                     cause = f"{type(exc).__name__}: {exc}"
                     if cause != self.thread_error:  # once per distinct cause, not once per retry
                         log.error("registry watcher failed, retrying in %.0f s (still scoring with the current "
@@ -303,7 +309,8 @@ class RegistryWatcher(BackgroundThread):
             self._next_retry = time.monotonic() + RETRY_REJECTED_S
             changed += self.reader.retry()
             changed += self.build_error is not None  # e.g. an artifact that was missing may be there now
-        if changed:
+        if changed or self._rebuild_due:
+            self._rebuild_due = False
             self.rebuild()
 
     def rebuild(self) -> None:

@@ -196,16 +196,18 @@ def test_a_record_with_seq_10_to_the_12_is_refused_and_a_later_promote_is_applie
     assert st["control"]["seq"] == before.seq and champion_of(st) == "demo-risk@1" and st["healthy"] is True
     assert {p["model_version"] for p in score(cflow, 62, 100)} == {"1"}
 
+    cli_started = time.monotonic()
     done = cli(s, "models", "promote", "demo-risk", "2")  # a real CLI process, as an operator runs it
     assert done.returncode == 0, done.stdout + done.stderr
     promoted = time.monotonic()
     st = wait_status(port, lambda st: champion_of(st) == "demo-risk@2")
-    switched_s = time.monotonic() - promoted
+    switched_s, cli_s = time.monotonic() - promoted, promoted - cli_started
     assert champion_of(st) == "demo-risk@2" and st["control"]["seq"] == before.seq + 1
     preds = score(cflow, 63, 100)
     assert [p["model_version"] for p in preds] == ["2"] * 100
     assert st["control"]["rejected_total"] == 1 and st["healthy"] is True
-    print(f"seq 10**12 refused; `models promote` (CLI process) returned -> worker on v2 {switched_s:.2f} s later; "
+    print(f"seq 10**12 refused; `models promote` (CLI process, {cli_s:.1f} s) returned -> worker on v2 "
+          f"{switched_s:.2f} s later; "
           "100 + 100 events scored by v1 then v2")
 
 
@@ -296,27 +298,28 @@ def test_a_river_record_pointing_at_a_planted_pickle_never_runs_it(cflow, tmp_pa
 
 # --- the watcher thread does not die ---------------------------------------------------------------------------
 @pytest.mark.parametrize("engine", ["batch"])
-def test_the_watcher_thread_backs_off_and_recovers_from_unexpected_errors(cflow, caplog):
-    """In-process (the error is injected), over the real broker: 3 failures, one log line, then the promote lands."""
+def test_the_watcher_thread_backs_off_and_recovers_from_unexpected_errors_without_losing_the_record(cflow, caplog):
+    """In-process (the error is injected), over the real broker: applying the promote fails 3 times with an
+    unexpected error; the thread logs once, backs off 1, 2, 4 s, reads the record again and applies it."""
     watcher = RegistryWatcher(cflow.settings, tuple(FEATURE_NAMES))
-    real_poll, calls = watcher.reader.poll, []
+    real_apply, calls = watcher.reader.follower.apply_record, []
 
-    def flaky(timeout: float) -> int:
+    def flaky(raw, offset=None):
         calls.append(time.monotonic())
         if len(calls) <= 3:
-            raise RuntimeError("client exploded")
-        return real_poll(timeout)
+            raise RuntimeError("disk exploded")
+        return real_apply(raw, offset=offset)
 
-    watcher.reader.poll = flaky
+    watcher.reader.follower.apply_record = flaky
     with caplog.at_level(logging.WARNING, logger="streams.routing.watcher"):
         watcher.start()
         try:
-            deadline = time.monotonic() + 10
+            cflow.registry.promote("demo-risk", "2")
+            deadline = time.monotonic() + 20
             while not calls and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(0.1)
-            assert watcher.healthy is False and "client exploded" in watcher.last_error
-            cflow.registry.promote("demo-risk", "2")
+            time.sleep(0.2)
+            assert watcher.healthy is False and "disk exploded" in watcher.last_error and watcher.alive
             deadline = time.monotonic() + 30
             while watcher.router.table.default.scorers[0].version != "2" and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -326,6 +329,8 @@ def test_the_watcher_thread_backs_off_and_recovers_from_unexpected_errors(cflow,
     gaps = [b - a for a, b in zip(calls, calls[1:4], strict=False)]
     failed = [r for r in caplog.records if "registry watcher failed" in r.getMessage()]
     assert watcher.thread_errors == 3 and len(failed) == 1, [r.getMessage() for r in caplog.records]
+    assert len(calls) == 4 and watcher.reader.follower.seq == 3  # the same record read 4 times, applied once
     # backoff 1 s, 2 s, 4 s (then it worked); upper bounds generous: the machine is shared and slow
     assert len(gaps) == 3 and all(want <= gap < want + 2 for want, gap in zip([1, 2, 4], gaps, strict=True)), gaps
-    print(f"watcher: 3 injected failures, 1 log line, backoff gaps {[round(g, 2) for g in gaps]} s, then recovered")
+    print(f"watcher: 3 injected failures, 1 log line, backoff gaps {[round(g, 2) for g in gaps]} s, then the promote "
+          "was read again and applied")
