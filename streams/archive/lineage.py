@@ -141,7 +141,8 @@ def trace(settings: Settings, storage: Storage, event_id: str) -> Lineage:
                 models[key] = model_lineage(settings, storage, *key)
     lineage.models = list(models.values())
     if lineage.labels and settings.learner is not None:
-        lineage.learned_by = learned_by(storage, SnapshotStore(settings.snapshot_path, settings.learner),
+        lineage.learned_by = learned_by(storage, SnapshotStore(settings.snapshot_path, settings.learner,
+                                                                    settings.signing_key_bytes()),
                                         [(r.row["topic"], r.row["partition"], r.row["offset"]) for r in lineage.labels])
     return lineage
 

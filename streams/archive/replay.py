@@ -91,7 +91,7 @@ def _from_registry(settings: Settings, name: str, version: str) -> Path | None:
     root = Path(getattr(settings, "registry_dir", None) or settings.state_dir / "registry")
     if not (root / LOG_FILENAME).is_file():
         return None
-    registry = ModelRegistry(root, features=[])
+    registry = ModelRegistry(root, features=[], key=settings.signing_key_bytes())
     try:
         return registry.artifact_dir(registry.state.model(name).resolve(version))
     except RegistryError:

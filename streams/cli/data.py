@@ -333,7 +333,7 @@ def data_learned(
     from streams.archive.lineage import LabelsNotArchived, learner_data_version  # heavy
 
     s = Settings()
-    store = SnapshotStore(s.snapshot_path, learner, s.snapshot_hmac_key)
+    store = SnapshotStore(s.snapshot_path, learner, s.signing_key_bytes())
     wanted = version if version is not None else store.latest_version()
     if wanted is None:
         console.print(f"[red]no snapshots of {learner} under {store.dir}[/]")

@@ -3,6 +3,10 @@
 Reads and writes the snapshot directory directly (``STREAMSCORE_SNAPSHOT_DIR``, default
 ``<state_dir>/snapshots``), the one the workers share; no broker is needed. A rollback is a new
 snapshot, so workers pick it up like any other (within ``snapshot_poll_s``), without a restart.
+
+Names are confined to the store (``models.store_paths``): ``--learner ../..``, ``/etc`` or a learner or
+version directory that a symlink leads out of the store is refused with one line and exit code 2, as is
+a store without the deployment key (``STREAMSCORE_SIGNING_KEY`` / ``STREAMSCORE_SIGNING_KEY_FILE``).
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from models.signing import SigningKeyError
+from models.store_paths import UnsafePath
 from online_learning.snapshots import SnapshotError, SnapshotMeta, SnapshotStore
 from streams.settings import Settings
 
@@ -30,18 +37,39 @@ LearnerOption = Annotated[
 ]
 
 
+VersionArg = Annotated[str, typer.Argument(help="Snapshot version: a number, e.g. 3 (or v000003).")]
+
+
+def _fail(message: object) -> typer.Exit:
+    """One red line (never wrapped), exit code 2: the request was refused."""
+    console.print(f"[red]✗[/] {escape(' '.join(str(message).split()))}", soft_wrap=True, highlight=False)
+    return typer.Exit(2)
+
+
 def _store(learner: str | None) -> SnapshotStore:
     s = Settings()
     name = learner or s.learner
     if name is None:
         root = s.snapshot_path
-        found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if root.is_dir() else []
         if len(found) != 1:
-            console.print(f"[red]name the learner with --learner; snapshots under {root} exist for: "
-                          f"{', '.join(found) or 'none'}[/]")
-            raise typer.Exit(2)
+            raise _fail(f"name the learner with --learner; snapshots under {root} exist for: "
+                        f"{', '.join(found) or 'none'}")
         name = found[0]
-    return SnapshotStore(s.snapshot_path, name, s.snapshot_hmac_key)
+    try:
+        return SnapshotStore(s.snapshot_path, name, s.signing_key_bytes())  # the one deployment key
+    except (UnsafePath, SigningKeyError) as exc:
+        raise _fail(exc) from None
+
+
+def _version(store: SnapshotStore, text: str) -> int:
+    """``3`` or ``v000003`` -> 3; anything else (``../..``, a path) is refused before it reaches the store."""
+    digits = text[1:] if text.startswith("v") else text
+    if not digits.isascii() or not digits.isdigit() or int(digits) < 1:
+        raise _fail(f"version {text!r} is not a snapshot version: give a number >= 1, e.g. 3 (or v000003); "
+                    f"{store.learner} has {store.versions() or 'none'}")
+    return int(digits)
 
 
 def _when(ms: int) -> str:
@@ -67,12 +95,15 @@ def list_snapshots(learner: LearnerOption = None) -> None:
     if not versions:
         console.print(f"no snapshots of {store.learner} under {store.dir}")
         return
+    try:
+        metas = {version: store.meta(version) for version in versions}
+    except (UnsafePath, SnapshotError, KeyError, ValueError) as exc:  # a version dir a symlink leads out of
+        raise _fail(exc.args[0] if isinstance(exc, KeyError) else exc) from None
     table = Table(title=f"{store.learner} snapshots ({store.dir})")
     for column in ("version", "parent", "kind", "created (UTC)", "labels learned since parent", "learned",
                    "lineage", "prequential (all)", "sha256"):
         table.add_column(column)
-    for version in versions:
-        meta = store.meta(version)
+    for version, meta in metas.items():
         kind = meta.kind if meta.kind != "rollback" else f"rollback (from v{meta.rolled_back_from})"
         table.add_row(f"{version}{' ← serving' if version == versions[-1] else ''}",
                       "-" if meta.parent is None else str(meta.parent), kind, _when(meta.created_at), _labels(meta),
@@ -81,42 +112,41 @@ def list_snapshots(learner: LearnerOption = None) -> None:
 
 
 @learners_app.command("show")
-def show(
-    version: Annotated[int, typer.Argument(help="Snapshot version.")],
-    learner: LearnerOption = None,
-) -> None:
-    """One snapshot's metadata, after verifying its artifact against the recorded sha256 (and HMAC)."""
+def show(version: VersionArg, learner: LearnerOption = None) -> None:
+    """One snapshot's metadata, after verifying its artifact against the recorded sha256 and signature.
+
+    Exit code 1 when the snapshot does not verify (the verdict of this check), 2 when the request is refused.
+    """
     store = _store(learner)
+    number = _version(store, version)
     try:
-        meta, _ = store.verified_bytes(version)
-    except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/]")
-        raise typer.Exit(1) from exc
-    except SnapshotError as exc:
-        console.print(store.meta(version).model_dump_json(indent=2))
-        console.print(f"[red]✗ integrity: {exc}[/]")
-        raise typer.Exit(1) from exc
+        meta = store.meta(number)
+    except (KeyError, UnsafePath, SnapshotError, ValueError) as exc:
+        raise _fail(exc.args[0] if isinstance(exc, KeyError) else exc) from None
+    try:
+        meta, _ = store.verified_bytes(number)
+    except (SnapshotError, OSError) as exc:
+        console.print(meta.model_dump_json(indent=2))
+        console.print(f"[red]✗ integrity: {escape(str(exc))}[/]", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
     console.print(meta.model_dump_json(indent=2))
-    console.print(f"[green]✓[/] {store.learner} v{version}: artifact sha256 {meta.sha256[:12]}… verified"
-                  f"{' (HMAC too)' if meta.hmac_sha256 else ''}")
+    console.print(f"[green]✓[/] {store.learner} v{number}: artifact sha256 {meta.sha256[:12]}… and signature "
+                  "verified")
 
 
 @learners_app.command("rollback")
-def rollback(
-    version: Annotated[int, typer.Argument(help="Version whose model to serve and learn on again.")],
-    learner: LearnerOption = None,
-) -> None:
+def rollback(version: VersionArg, learner: LearnerOption = None) -> None:
     """Serve VERSION's model again, as a NEW snapshot whose parent is VERSION (history is kept).
 
     Labels learned after VERSION are dropped from the model, not replayed; the labels that arrive from now
     on are learned on top of it. Workers switch within STREAMSCORE_SNAPSHOT_POLL_S, without a restart.
     """
     store = _store(learner)
+    number = _version(store, version)
     try:
-        meta = store.rollback(version, worker=f"cli@{socket.gethostname()}")
-    except (KeyError, SnapshotError) as exc:
-        console.print(f"[red]{exc.args[0] if isinstance(exc, KeyError) else exc}[/]")
-        raise typer.Exit(1) from exc
-    console.print(f"[green]✓[/] {store.learner} v{meta.version} = the model of v{version} (rolled back from "
+        meta = store.rollback(number, worker=f"cli@{socket.gethostname()}")
+    except (KeyError, SnapshotError, UnsafePath, FileNotFoundError) as exc:  # never onto a corrupt artifact
+        raise _fail(exc.args[0] if isinstance(exc, KeyError) else exc) from None
+    console.print(f"[green]✓[/] {store.learner} v{meta.version} = the model of v{number} (rolled back from "
                   f"v{meta.rolled_back_from}); labels resume at "
                   f"{', '.join(f'{o.topic}[{o.partition}]@{o.offset}' for o in meta.next_offsets) or 'the start'}")

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from models.demo import FEATURE_NAMES, sample_events
+from models.signing import SigningKeyError
 from streams.cli.broker import broker_app
 from streams.cli.common import (
     DEFAULT_MODEL_DIR,
@@ -112,6 +113,12 @@ def worker(
     s = settings(engine=engine, web_port=web_port)
     with user_errors(WorkerStartError):
         check_web_port(s)  # before a model is trained (~20 s) or the broker started
+        if s.registry_model or s.learner:  # they load what the deployment key signed; no key on Kafka: stop here
+            try:
+                s.signing_key_bytes()
+            except SigningKeyError as exc:
+                console.print(f"[red]✗[/] {exc}", soft_wrap=True, highlight=False)
+                raise typer.Exit(2) from None
         ensure_demo_model(s)
         run_worker(s, loglevel=loglevel)
 

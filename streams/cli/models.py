@@ -21,9 +21,13 @@ import orjson
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from models.card import ModelCard
 from models.registry import CHAMPION, ModelRegistry, RegistryError, RegistryRecord, read_log
+from models.signing import SigningKeyError
+from models.store_paths import UnsafePath, confined
 from streams.kafka import clients
 from streams.settings import Settings
 
@@ -32,16 +36,54 @@ models_app = typer.Typer(help="Model registry: versions, aliases, rollback, rout
 console = Console()
 
 
-def _registry(publish: bool = True) -> ModelRegistry:
+def _one_line(message: object) -> str:
+    if isinstance(message, ValidationError):  # pydantic's message is several lines with a link
+        errors = message.errors()
+        where = ".".join(str(p) for p in errors[0]["loc"])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return f"invalid {message.title}: {where + ': ' if where else ''}{errors[0]['msg']}{more}"
+    return " ".join(str(message).split())
+
+
+def _fail(message: object) -> typer.Exit:
+    """One red line (never wrapped: scripts grep it), exit code 2: the request was refused."""
+    console.print(f"[red]✗[/] {escape(_one_line(message))}", soft_wrap=True, highlight=False)
+    return typer.Exit(2)
+
+
+def _confine(s: Settings, name: str | None, *refs: str | None) -> None:
+    """Refuse a model name, version or alias that is not one plain name inside ``<registry_dir>/models``.
+
+    Checked before the registry or the broker is touched: ``../..``, ``/etc`` or a version directory that a
+    symlink leads out of the store never reach a path, a lock or the control topic.
+    """
+    if name is None:
+        return
+    try:
+        confined(s.registry_path / "models", name, what="model name")
+        for ref in refs:
+            if ref is not None:
+                confined(s.registry_path / "models", name, ref, what="version or alias")
+    except UnsafePath as exc:
+        raise _fail(exc) from None
+
+
+def _registry(publish: bool = True, name: str | None = None, *refs: str | None) -> ModelRegistry:
+    """The registry with the deployment key; ``name``/``refs`` confined first, the broker contacted last."""
     from streams.routing.watcher import ensure_registry_topic, registry_for
 
     s = Settings()
+    try:
+        s.signing_key_bytes()  # no key on Kafka: one line, before any broker round trip
+    except SigningKeyError as exc:
+        raise _fail(exc) from None
+    _confine(s, name, *refs)
     if publish:
         from streams.kafka.broker import ensure_broker
 
         ensure_broker(s)
         ensure_registry_topic(s)
-    return registry_for(s, publish=publish)
+    return _run(lambda: registry_for(s, publish=publish))
 
 
 def _run(action: Any) -> Any:
@@ -51,8 +93,8 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except (RegistryError, ValidationError, FileNotFoundError, ValueError, ModelIntegrityError, SnapshotError) as exc:
-        console.print(f"[red]✗[/] {exc}")
-        raise typer.Exit(1) from None
+        # (UnsafePath and SigningKeyError are ValueErrors)
+        raise _fail(exc) from None
 
 
 def _done(record: RegistryRecord) -> None:
@@ -69,7 +111,7 @@ def _when(ms: int) -> str:
 @models_app.command("list")
 def list_models(name: Annotated[str | None, typer.Argument(help="One model; all when omitted.")] = None) -> None:
     """Registered versions with their aliases, sha256, metrics and training data."""
-    registry = _registry(publish=False)
+    registry = _registry(False, name)
     names = [name] if name else registry.state.model_names()
     table = Table("model", "version", "aliases", "sha256", "roc_auc", "training data", "registered")
     for n in names:
@@ -88,7 +130,7 @@ def list_models(name: Annotated[str | None, typer.Argument(help="One model; all 
 @models_app.command()
 def show(name: str, ref: Annotated[str, typer.Argument(help="Version or alias.")] = CHAMPION) -> None:
     """One version in full (JSON) and the history of its model's aliases."""
-    registry = _registry(publish=False)
+    registry = _registry(False, name, ref)
     state = _run(lambda: registry.state.model(name))
     mv = _run(lambda: state.resolve(ref))
     console.print_json(mv.model_dump_json())
@@ -112,15 +154,17 @@ def register(
     if (model_dir / META).exists():
         s = Settings()
         if not (name or s.registry_model) or not version:
-            console.print("[red]✗[/] a River snapshot needs --version (and --name or STREAMSCORE_REGISTRY_MODEL)")
-            raise typer.Exit(2)
-        _done(_run(lambda: _registry().register_river(model_dir, name or s.registry_model, version, alias or [],
-                                                      s.snapshot_hmac_key)))
+            raise _fail("a River snapshot needs --version (and --name or STREAMSCORE_REGISTRY_MODEL)")
+        model = name or s.registry_model
+        registry = _registry(True, model, version, *(alias or []))
+        # one deployment key: the snapshot was signed with it by the learning owner
+        _done(_run(lambda: registry.register_river(model_dir, model, version, alias or [], registry.key)))
         return
     if name or version:
-        console.print("[red]✗[/] an ONNX model's name and version come from its model card")
-        raise typer.Exit(2)
-    _done(_run(lambda: _registry().register(model_dir, alias or [])))
+        raise _fail("an ONNX model's name and version come from its model card")
+    card = _run(lambda: ModelCard.load(model_dir))
+    registry = _registry(True, card.name, card.version, *(alias or []))
+    _done(_run(lambda: registry.register(model_dir, alias or [])))
 
 
 @models_app.command()
@@ -136,34 +180,39 @@ def compose(
     from models.composite import CompositeSpec
 
     parsed = _run(lambda: CompositeSpec.model_validate_json(spec))
-    _done(_run(lambda: _registry().register_composite(name, version, parsed, alias or [])))
+    for part in parsed.parts:
+        _confine(Settings(), part.model, part.version)
+    registry = _registry(True, name, version, *(alias or []))
+    _done(_run(lambda: registry.register_composite(name, version, parsed, alias or [])))
 
 
 @models_app.command()
 def promote(name: str, version: str,
             alias: Annotated[str, typer.Option(help="Alias to move.")] = CHAMPION) -> None:
     """Make VERSION the champion (or --alias): running workers swap to it within seconds."""
-    _done(_run(lambda: _registry().promote(name, version, alias)))
+    registry = _registry(True, name, version, alias)
+    _done(_run(lambda: registry.promote(name, version, alias)))
 
 
 @models_app.command()
 def rollback(name: str, to: Annotated[str | None, typer.Option(help="Any registered version.")] = None,
              alias: Annotated[str, typer.Option(help="Alias to move back.")] = CHAMPION) -> None:
     """Move the champion (or --alias) back to the version it held before, or --to any version."""
-    _done(_run(lambda: _registry().rollback(name, alias, to)))
+    registry = _registry(True, name, alias, to)
+    _done(_run(lambda: registry.rollback(name, alias, to)))
 
 
 @models_app.command("alias")
 def set_alias(name: str, alias: str, version: Annotated[str | None, typer.Argument()] = None,
               remove: Annotated[bool, typer.Option("--remove", help="Remove the alias.")] = False) -> None:
     """Point ALIAS (e.g. challenger) at VERSION, or --remove it."""
+    if not remove and version is None:
+        raise _fail("give a VERSION, or --remove")
+    registry = _registry(True, name, alias, version)
     if remove:
-        _done(_run(lambda: _registry().unalias(name, alias)))
-    elif version is None:
-        console.print("[red]✗[/] give a VERSION, or --remove")
-        raise typer.Exit(2)
+        _done(_run(lambda: registry.unalias(name, alias)))
     else:
-        _done(_run(lambda: _registry().promote(name, version, alias)))
+        _done(_run(lambda: registry.promote(name, version, alias)))
 
 
 @models_app.command()
@@ -181,11 +230,10 @@ def route(
         console.print_json(data=current if current is not None else {"policy": "single", "version": CHAMPION})
         return
     parsed = _run(lambda: RouteSpec.model_validate_json(spec))
-    registry = _registry()
     model = parsed.model or Settings().registry_model
     if model is None:
-        console.print('[red]✗[/] which model? set STREAMSCORE_REGISTRY_MODEL or "model" in the spec')
-        raise typer.Exit(1)
+        raise _fail('which model? set STREAMSCORE_REGISTRY_MODEL or "model" in the spec')
+    registry = _registry(True, model, *parsed.refs())
     for ref in parsed.refs():  # refuse a route whose versions do not exist now, rather than in every worker
         _run(lambda ref=ref: registry.state.model(model).resolve(ref))
     _done(_run(lambda: registry.set_route(topic, parsed.model_dump(mode="json", exclude_defaults=True))))
@@ -279,10 +327,9 @@ def diff(
     from streams.cli.produce import read_jsonl
 
     if (data is None) == (topic is None):
-        console.print("[red]✗[/] give exactly one of --data (file or dataset version) and --topic")
-        raise typer.Exit(2)
+        raise _fail("give exactly one of --data (file or dataset version) and --topic")
     s = Settings()
-    registry = _registry(publish=False)
+    registry = _registry(False, name, a, b)
     scorer_a = _run(lambda: registry.load_scorer(name, a))
     scorer_b = _run(lambda: registry.load_scorer(name, b))
     if topic is not None:

@@ -67,7 +67,8 @@ class Learning:
         features = tuple(settings.learner_features or default_features)
         classes = settings.learner_classes if self.spec.task == "binary" else None
         validator = FeatureValidator(features)
-        self.store = SnapshotStore(settings.snapshot_path, self.spec.name, settings.snapshot_hmac_key)
+        # the deployment key (registry and snapshots share it); on Kafka without one the worker stops here
+        self.store = SnapshotStore(settings.snapshot_path, self.spec.name, settings.signing_key_bytes())
         self.slot = ServingSlot(Serving(Learner(self.spec, features, classes=classes), 0, "", self.spec.name))
         self.publisher = Publisher(settings.kafka)
         self.trainer = Trainer(settings, self.spec, validator, self.store, self.slot, self.publisher)

@@ -6,7 +6,7 @@ The labels topic has exactly one partition, so exactly one member holds it: that
 
 What "learned" means is fixed by the snapshots, never by the group's committed offsets. When a
 worker becomes the owner (start, restart, failover) or sees a version it did not write (a rollback),
-it loads the newest snapshot (sha256 verified), seeks the labels partition to the snapshot's
+it loads the newest snapshot (sha256 and signature verified), seeks the labels partition to the snapshot's
 ``next_offsets``, and keeps it paused while it rebuilds the join window. Labels after those offsets are
 learned again on top of the snapshot's model, labels before them never: nothing is learned twice in a
 lineage and nothing is skipped. Offsets are committed to the group only after a snapshot, for lag
@@ -15,6 +15,11 @@ dashboards.
 Each label batch: decode (invalid -> counted) -> take the joined features and served prediction
 (missing -> one catch-up read of the feature/prediction topics, then late/duplicate/unknown ->
 counted) -> update the prequential metrics with the served prediction -> ``learn_many``.
+
+A newer snapshot that does not verify (unsigned, signed with another key, a pickle naming a class
+outside the allowlist) is never unpickled: the watch logs it once, lists it in ``status()["refused_snapshots"]``
+and keeps serving the version it has. An owner that must write on top of it cannot (the version is
+taken), so its next snapshot stops learning with ``error`` set: the lineage is not forked around it.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class Trainer:
         self._next_watch = 0.0
         self._thread: threading.Thread | None = None
         self._shown_metrics: set[tuple[str, str]] = set()
+        self.refused: dict[int, str] = {}  # snapshot versions that did not verify, with the reason (/learner)
         name = spec.name
         self._m_labels = {o: lm.LABELS.labels(name, o) for o in OUTCOMES}
         self._m_predicted_at_learn = lm.PREDICTED_AT_LEARN.labels(name)
@@ -386,10 +392,15 @@ class Trainer:
         current = self.base.version if self.base else 0
         if latest is None or latest <= current:
             return
-        if self.owner:
-            self._reload_latest()
-        else:
-            self._install(*self._restore(latest))
+        try:
+            if self.owner:
+                self._reload_latest()
+            else:
+                self._install(*self._restore(latest))
+        except SnapshotError as exc:  # unsigned, mis-signed or a disallowed pickle: never loaded, never fatal here
+            if latest not in self.refused:
+                log.error("%s v%d refused, still serving v%d: %s", self.spec.name, latest, current, exc)
+            self.refused[latest] = str(exc)
 
     # --- status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -405,4 +416,5 @@ class Trainer:
             "consumed_since_snapshot": self._consumed(),
             "join_entries": len(self.join),
             "error": None if self.error is None else repr(self.error),
+            "refused_snapshots": {str(v): reason for v, reason in self.refused.items()},
         }

@@ -13,10 +13,20 @@ thread, which loads the new versions off the hot path and swaps the whole routin
 reference store. A micro-batch reads the table once, so a swap lands between batches: no event is
 dropped, none is scored twice, and each prediction names the version that produced it.
 
-A control record that cannot be applied (unknown version, artifact missing) is logged and the current
-table kept: a bad change never stops scoring. When a canary breaches its thresholds, the worker routes
-everything to the baseline at once and records the rollback in the registry (log + control topic), so
-every worker follows. The worker serves ``/registry`` (JSON: lanes, versions, policy statistics).
+Nothing on the control topic is trusted as it arrives: every record goes through
+``models.registry.RegistryFollower`` with the deployment key (``Settings.signing_key_bytes``), which
+refuses unsigned or mis-signed records, seq jumps it cannot close from the signed registry log, artifact
+paths outside ``<registry_dir>/models/<name>/<version>``, and artifacts that are not the registered
+sha256. A refused record changes nothing: it is logged once (one error line with the reason), kept in
+``/registry`` (``control.rejected``), and the worker keeps scoring with what it has. An authentic record
+refused for its content (e.g. an artifact not yet on the shared volume) is retried every
+``RETRY_REJECTED_S``; while such a record holds back a model or route this worker serves, or the watcher
+thread keeps failing, ``healthy`` is False and ``last_error`` says why (for /readyz). The thread never
+dies of an unexpected error: it logs it once, backs off 1, 2, 4 ... 30 s and continues.
+
+When a canary breaches its thresholds, the worker routes everything to the baseline at once and records
+the rollback in the registry (log + control topic), so every worker follows. The worker serves
+``/registry`` (JSON: lanes, versions, policy statistics, the follower's seq and refused records, health).
 
 >>> from models.registry import RegistryRecord, Change
 >>> rec = RegistryRecord(seq=1, key="route:features", change=Change(kind="route"), route={"policy": "single"},
@@ -41,7 +51,16 @@ from mode import Service
 from pydantic import ValidationError
 
 from models.card import ModelCard
-from models.registry import ModelRegistry, ModelVersion, RegistryError, RegistryRecord, RegistryState, load_version
+from models.registry import (
+    ModelRegistry,
+    ModelVersion,
+    RegistryError,
+    RegistryFollower,
+    RegistryRecord,
+    RegistryState,
+    RejectedRecord,
+    load_version,
+)
 from models.scorer import Scorer
 from schemas.labels import InvalidLabel, decode_label
 from streams.background import BackgroundThread
@@ -55,6 +74,8 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_ROUTE_KEY = "*"
+RETRY_REJECTED_S = 5.0  # authentic records refused for their content are re-validated this often
+BACKOFF_S = (1.0, 30.0)  # first and longest pause after an unexpected error of the watcher thread
 
 
 def encode_record(record: RegistryRecord) -> bytes:
@@ -101,29 +122,60 @@ def registry_for(settings: Settings, features: list[str] | tuple[str, ...] | Non
         features = settings.registry_features
         if features is None:
             features = ModelCard.load(settings.model_dir).features
-    return ModelRegistry(settings.registry_path, features, ControlPublisher(settings) if publish else None)
+    key = settings.signing_key_bytes()  # before any broker round trip: no key is a configuration mistake
+    return ModelRegistry(settings.registry_path, features, ControlPublisher(settings) if publish else None, key=key)
 
 
 class ControlReader:
-    """The control topic from offset 0, folded into a ``RegistryState`` (no consumer group, nothing committed)."""
+    """The control topic from offset 0, folded through a ``RegistryFollower`` (no consumer group, nothing committed).
 
-    def __init__(self, settings: Settings) -> None:
+    Only authentic, in-order, valid records reach ``state``; refused ones are logged once and kept in
+    ``follower.rejected``.
+    """
+
+    def __init__(self, settings: Settings, key: bytes | None = None) -> None:
         self.settings = settings
-        self.state = RegistryState()
+        self.follower = RegistryFollower(settings.registry_path, key if key is not None else
+                                         settings.signing_key_bytes(), verify_artifacts=True)
         self._tp = TopicPartition(settings.registry_topic, 0, OFFSET_BEGINNING)
         self.consumer = clients.standalone_consumer(settings.kafka, f"{settings.app_id}-registry",
                                                     **{"fetch.wait.max.ms": 100})
         self.consumer.assign([self._tp])
+
+    @property
+    def state(self) -> RegistryState:
+        return self.follower.state
+
+    def apply(self, value: bytes, offset: int | None) -> bool:
+        """Fold one record in; True when it changed the state. A refused record is logged here, once."""
+        try:
+            applied = self.follower.apply_record(value, offset=offset)
+        except RejectedRecord as exc:
+            log.error("registry record refused, still scoring with what this worker has: %s", exc)
+            return False
+        if applied.filled:
+            log.warning("registry records %s were missing from %s (compacted or lost); taken from the signed log "
+                        "%s", list(applied.filled), self.settings.registry_topic, self.follower.log_path)
+        return applied.changed
 
     def poll(self, timeout: float) -> int:
         """Apply what arrives within ``timeout``; how many records changed the state."""
         changed = 0
         for msg in clients.records(self.consumer, 500, timeout, where="registry topic"):
             try:
-                changed += self.state.apply(decode_record(msg.value()))
-            except ValidationError as exc:
-                log.error("registry topic offset %d: unreadable record skipped: %s", msg.offset(), exc)
+                changed += self.apply(msg.value(), msg.offset())
+            except Exception:  # not a refusal: read this record (and the rest of the batch) again after the backoff
+                self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                raise
         return changed
+
+    def retry(self) -> int:
+        """Re-validate authentic records refused for their content; how many are now applied."""
+        applied = self.follower.retry_rejected()
+        for a in applied:
+            log.warning("registry record %d (%s) applied on retry: %s", a.record.seq, a.record.key,
+                        a.record.change.kind)
+        return len(applied)
 
     def catch_up(self, timeout: float = 30.0) -> int:
         """Read up to the end offset of the moment; ``TimeoutError`` if the broker does not deliver it in time."""
@@ -205,13 +257,15 @@ class RegistryWatcher(BackgroundThread):
 
     thread_name = "registry-watch"
 
-    def __init__(self, settings: Settings, feature_names: tuple[str, ...]) -> None:
+    def __init__(self, settings: Settings, feature_names: tuple[str, ...], key: bytes | None = None) -> None:
         self.settings = settings
-        self.reader = ControlReader(settings)
+        self.reader = ControlReader(settings, key)
         self.builder = TableBuilder(settings, feature_names)
         self.reader.catch_up()
         self.swaps = 0
-        self.last_error: str | None = None
+        self.build_error: str | None = None  # the last table that could not be built (None: the current one is)
+        self.thread_error: str | None = None  # the last unexpected error of the thread (None: it is running fine)
+        self.thread_errors = 0
         try:
             table = self.builder.build(self.reader.state, None)
         except (RegistryError, ValidationError) as exc:
@@ -219,27 +273,94 @@ class RegistryWatcher(BackgroundThread):
                                 "a version (`streamscore models register DIR`), or `streamscore models sync` when the "
                                 "broker lost the control topic") from exc
         self.router = Router(table, shadow_topic=settings.shadow_topic, prediction_topic=settings.prediction_topic)
+        self._next_retry = time.monotonic() + RETRY_REJECTED_S
+        self._rebuild_due = False
         super().__init__()
 
+    # --- the thread ---------------------------------------------------------------------------------
     def run(self) -> None:
+        delay = BACKOFF_S[0]
         try:
             while not self.stopping.is_set():
-                if self.reader.poll(0.2):
-                    self.rebuild()
+                try:
+                    self.step(0.2)
+                except Exception as exc:  # a dead watcher would serve a stale table silently: never let it die
+                    self.thread_errors += 1
+                    self._rebuild_due = True  # records applied before the error have not reached the table yet
+                    cause = f"{type(exc).__name__}: {exc}"
+                    if cause != self.thread_error:  # once per distinct cause, not once per retry
+                        log.error("registry watcher failed, retrying in %.0f s (still scoring with the current "
+                                  "table): %s", delay, cause, exc_info=log.isEnabledFor(logging.DEBUG))
+                    self.thread_error = cause
+                    self.stopping.wait(delay)
+                    delay = min(delay * 2, BACKOFF_S[1])
+                else:
+                    if self.thread_error is not None:
+                        log.warning("registry watcher recovered after %d failed attempts", self.thread_errors)
+                    self.thread_error, delay = None, BACKOFF_S[0]
         finally:
             self.reader.close()
+
+    def step(self, timeout: float) -> None:
+        """One round: apply what arrived, retry refused records now and then, rebuild the table if anything changed."""
+        changed = self.reader.poll(timeout)
+        if time.monotonic() >= self._next_retry:
+            self._next_retry = time.monotonic() + RETRY_REJECTED_S
+            changed += self.reader.retry()
+            changed += self.build_error is not None  # e.g. an artifact that was missing may be there now
+        if changed or self._rebuild_due:
+            self._rebuild_due = False
+            self.rebuild()
 
     def rebuild(self) -> None:
         try:
             table = self.builder.build(self.reader.state, self.router.table)
-        except (RegistryError, ValidationError, OSError) as exc:
-            self.last_error = str(exc)
-            log.error("registry change not applied, still scoring with the previous table: %s", exc)
+        except Exception as exc:  # whatever a version fails with (a refused pickle, a bad ONNX graph): keep serving
+            cause = str(exc) if isinstance(exc, RegistryError | ValidationError | OSError) else \
+                f"{type(exc).__name__}: {exc}"
+            if cause != self.build_error:
+                log.error("registry change not applied, still scoring with the previous table: %s", cause)
+            self.build_error = cause
             return
         self.router.swap(table)
         self.swaps += 1
-        self.last_error = None
+        self.build_error = None
         log.info("registry routing swapped (generation %d): %s", table.generation, _describe(table))
+
+    # --- health -------------------------------------------------------------------------------------
+    def _served_keys(self) -> set[str]:
+        """Registry keys whose records decide what this worker scores with."""
+        table = self.router.table
+        models = {s.name for lane in [table.default, *table.routes.values()]
+                  for s in (*lane.scorers, *lane.shadow_scorers)}
+        if self.settings.registry_model:
+            models.add(self.settings.registry_model)
+        routes = {DEFAULT_ROUTE_KEY, *self.settings.input_topics, *table.routes}
+        return {f"model:{m}" for m in models} | {f"route:{t}" for t in routes}
+
+    def blocked(self) -> list[str]:
+        """Authentic records this worker had to refuse for a model or route it serves: it is behind the registry."""
+        pending = self.reader.follower.status()["pending"]
+        served = self._served_keys()
+        return [p for p in pending if p.rpartition("@")[0] in served]
+
+    @property
+    def last_error(self) -> str | None:
+        """Why this worker does not score with what the registry says (None: it does)."""
+        if self.thread_error is not None:
+            return f"registry watcher failing: {self.thread_error}"
+        if not self.alive and self._thread is not None and not self.stopping.is_set():
+            return "registry watcher thread is not running"
+        blocked = self.blocked()
+        if blocked:
+            reasons = {r.key: r.reason for r in self.reader.follower.rejected if r.key is not None}
+            return "; ".join(f"{b} refused: {reasons.get(b.rpartition('@')[0], 'see control.rejected')}"
+                             for b in blocked)
+        return self.build_error
+
+    @property
+    def healthy(self) -> bool:
+        return self.last_error is None
 
 
 class FeedbackLane(BackgroundThread):
@@ -290,7 +411,8 @@ class Registry:
         single = settings.model_copy(update={"partitions": 1})  # as online learning wants it (one learner)
         ensure_topics(single, [settings.labels_topic])
         ensure_topics(settings, [settings.shadow_topic])
-        self.watcher = RegistryWatcher(settings, feature_names)
+        key = settings.signing_key_bytes()  # one key for the registry and the snapshots; none on Kafka: stop here
+        self.watcher = RegistryWatcher(settings, feature_names, key)
         self.router = self.watcher.router
         self.router.feedback = Feedback(settings.join_ttl_s, settings.join_max_size)
         self.router.on_breach = self._on_breach
@@ -323,8 +445,18 @@ class Registry:
         self.feedback.stop()
         self._rollbacks.shutdown(wait=True)
 
+    @property
+    def healthy(self) -> bool:
+        """False while the worker cannot score with what the registry says (see ``last_error``); for /readyz."""
+        return self.watcher.healthy
+
+    @property
+    def last_error(self) -> str | None:
+        return self.watcher.last_error
+
     def status(self) -> dict[str, object]:
-        return {**self.router.table.describe(), "swaps": self.watcher.swaps, "last_error": self.watcher.last_error,
+        return {**self.router.table.describe(), "swaps": self.watcher.swaps, "healthy": self.healthy,
+                "last_error": self.last_error, "control": self.watcher.reader.follower.status(),
                 "labels_read": self.feedback.labels, "labels_rewarded": self.feedback.rewarded,
                 "canary_rollbacks": self.rollbacks}
 

@@ -189,7 +189,7 @@ def test_learns_the_demo_concept_counts_bad_labels_and_rolls_back_without_restar
     assert hits[late].mean() >= 0.85 and late_log_loss <= 0.38 and roc_auc(truth[late], scores[late]) >= 0.78
 
     # The worker's prequential metrics, per serving version, as published on the metrics topic.
-    store = SnapshotStore(s.snapshot_path, "logreg")
+    store = SnapshotStore(s.snapshot_path, "logreg", s.signing_key_bytes())  # the worker's (deployment) key
     latest = store.latest()
     assert latest is not None and latest.version == st["version"]
     record = metrics_records(s)[str(latest.version)]
@@ -209,7 +209,8 @@ def test_learns_the_demo_concept_counts_bad_labels_and_rolls_back_without_restar
     assert 'streamscore_learner_labels_total{learner="logreg",outcome="unknown"} 1.0' in text
 
     # rollback: a new snapshot holding v2's model; the running worker switches to it without a restart
-    env = {f"STREAMSCORE_{k}": v for k, v in (("SNAPSHOT_DIR", str(s.snapshot_path)), ("LEARNER", "logreg"))}
+    env = {f"STREAMSCORE_{k}": v for k, v in (("SNAPSHOT_DIR", str(s.snapshot_path)), ("LEARNER", "logreg"),
+                                              ("STATE_DIR", str(s.state_dir)))}  # where the deployment key is
     result = CliRunner().invoke(cli_app, ["learners", "rollback", "2"], env=env)
     assert result.exit_code == 0, result.output
     rolled = store.latest()

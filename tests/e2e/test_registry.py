@@ -253,7 +253,8 @@ def test_canary_with_a_bad_model_is_rolled_back_automatically(rflow):
     rollback = next(orjson.loads(m.value()) for m in records if b"canary_rollback" in m.value())
     assert rollback["key"] == "route:*" and "error rate" in rollback["change"]["reason"]
     assert rollback["route"]["rolled_back"] == rollback["change"]["reason"]
-    assert ModelRegistry(rflow.registry.root, rflow.registry.features).state.routes()["*"]["rolled_back"]
+    assert ModelRegistry(rflow.registry.root, rflow.registry.features,
+                         key=s.signing_key_bytes()).state.routes()["*"]["rolled_back"]
     st = status(port)
     assert st["default"]["spec"]["rolled_back"] and st["canary_rollbacks"]
 

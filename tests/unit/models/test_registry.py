@@ -181,12 +181,12 @@ def test_cli_register_promote_rollback_publishes_to_the_control_topic(base_setti
     run("register", str(versions["2"]), "--alias", "challenger")
     run("promote", "demo-risk", "2")
     run("rollback", "demo-risk")
-    assert "not set" in run("alias", "demo-risk", "nope", "--remove", code=1)
+    assert "not set" in run("alias", "demo-risk", "nope", "--remove", code=2)  # refused: exit 2
     out = run("list")
     assert "demo-risk" in out and "champion" in out and "challenger" in out
     assert '"version": "1"' in run("show", "demo-risk")
     run("route", "*", '{"policy": "ab", "variants": {"champion": 50, "challenger": 50}}')
-    assert "no version or alias 'ghost'" in run("route", "x", '{"policy": "shadow", "candidate": "ghost"}', code=1)
+    assert "no version or alias 'ghost'" in run("route", "x", '{"policy": "shadow", "candidate": "ghost"}', code=2)
     assert "rollback" in run("log")
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(orjson.dumps(e) for e in sample_events(4, 50)))
@@ -288,7 +288,8 @@ def test_cli_diff_on_an_archived_dataset_version(registry, versions, tmp_path, m
     archive.close()
     version, _ = snapshot(store, Selection(topics=["features"]))
     for k, v in {"STREAMSCORE_REGISTRY_DIR": str(registry.root), "STREAMSCORE_DATA_DIR": str(tmp_path / "data"),
-                 "STREAMSCORE_MODEL_DIR": str(versions["1"])}.items():
+                 "STREAMSCORE_MODEL_DIR": str(versions["1"]),
+                 "STREAMSCORE_SIGNING_KEY_FILE": str(registry.root / ".signing-key")}.items():  # the key that signed
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(models_cli.console, "width", 200)
     result = CliRunner().invoke(app, ["models", "diff", "demo-risk", "champion", "challenger", "--data",

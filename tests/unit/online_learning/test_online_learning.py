@@ -546,7 +546,8 @@ def snapshots(tmp_path: Path) -> SnapshotStore:
 
 
 def cli(store: SnapshotStore, *args: str) -> Any:
-    env = {"STREAMSCORE_SNAPSHOT_DIR": str(store.root), "COLUMNS": "250"}
+    env = {"STREAMSCORE_SNAPSHOT_DIR": str(store.root), "COLUMNS": "250",
+           "STREAMSCORE_SIGNING_KEY_FILE": str(store.root / ".signing-key")}  # the key the fixture signed with
     return CliRunner().invoke(cli_app, ["learners", *args], env=env)
 
 
@@ -568,8 +569,8 @@ def test_cli_refuses_tampered_or_missing_versions(snapshots):
     artifact.write_bytes(artifact.read_bytes() + b"!")
     shown = cli(snapshots, "show", "2")
     assert shown.exit_code == 1 and "integrity" in shown.output
-    assert cli(snapshots, "rollback", "2").exit_code == 1  # never roll back onto a corrupt artifact
-    assert cli(snapshots, "show", "7").exit_code == 1
+    assert cli(snapshots, "rollback", "2").exit_code == 2  # refused: never roll back onto a corrupt artifact
+    assert cli(snapshots, "show", "7").exit_code == 2
     assert snapshots.versions() == [1, 2]
 
 
