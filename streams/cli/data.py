@@ -330,7 +330,7 @@ def data_learned(
 ) -> None:
     """The dataset version of the labels a River snapshot learned since its parent (same snapshot, same id)."""
     from online_learning.snapshots import SnapshotStore  # heavy: river + pandas, ~0.7 s
-    from streams.archive.lineage import LabelsNotArchived, learner_data_version  # heavy
+    from streams.archive.lineage import LabelsNotArchived, learner_data_version  # heavy: the archive
 
     s = Settings()
     store = SnapshotStore(s.snapshot_path, learner, s.signing_key_bytes())
@@ -427,8 +427,8 @@ def replay(
 ) -> None:
     """Re-score a dataset version's events and compare with the recorded predictions; exit 1 on any mismatch."""
     from models.onnx_scorer import OnnxScorer  # heavy: onnxruntime, ~0.25 s: only this command needs it
-    from streams.archive.replay import replay as run_replay  # heavy
-    from streams.archive.replay import resolve_model_dir  # heavy
+    from streams.archive.replay import replay as run_replay  # heavy: the archive
+    from streams.archive.replay import resolve_model_dir  # heavy: the archive
 
     s = Settings()
     storage = _storage(s)

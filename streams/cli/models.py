@@ -28,7 +28,10 @@ from models.card import ModelCard
 from models.registry import CHAMPION, ModelRegistry, RegistryError, RegistryRecord, read_log
 from models.signing import SigningKeyError
 from models.store_paths import UnsafePath, confined
+from schemas.codecs import InvalidEvent, decode_feature_event
+from streams.cli.produce import read_jsonl
 from streams.kafka import clients
+from streams.kafka.broker import ensure_broker
 from streams.settings import Settings
 
 models_app = typer.Typer(help="Model registry: versions, aliases, rollback, routing policies, diff.",
@@ -70,7 +73,7 @@ def _confine(s: Settings, name: str | None, *refs: str | None) -> None:
 
 def _registry(publish: bool = True, name: str | None = None, *refs: str | None) -> ModelRegistry:
     """The registry with the deployment key; ``name``/``refs`` confined first, the broker contacted last."""
-    from streams.routing.watcher import ensure_registry_topic, registry_for
+    from streams.routing.watcher import ensure_registry_topic, registry_for  # heavy
 
     s = Settings()
     try:
@@ -79,7 +82,6 @@ def _registry(publish: bool = True, name: str | None = None, *refs: str | None) 
         raise _fail(exc) from None
     _confine(s, name, *refs)
     if publish:
-        from streams.kafka.broker import ensure_broker
 
         ensure_broker(s)
         ensure_registry_topic(s)
@@ -87,8 +89,8 @@ def _registry(publish: bool = True, name: str | None = None, *refs: str | None) 
 
 
 def _run(action: Any) -> Any:
-    from models.onnx_scorer import ModelIntegrityError
-    from online_learning.snapshots import SnapshotError
+    from models.onnx_scorer import ModelIntegrityError  # heavy: onnxruntime, ~0.25 s: only this command needs it
+    from online_learning.snapshots import SnapshotError  # heavy: river + pandas, ~0.7 s
 
     try:
         return action()
@@ -149,7 +151,7 @@ def register(
                        ] = None,
 ) -> None:
     """Register a model version; refused if its inputs differ from the feature schema, with the reason."""
-    from online_learning.snapshots import META
+    from online_learning.snapshots import META  # heavy: river + pandas, ~0.7 s
 
     if (model_dir / META).exists():
         s = Settings()
@@ -177,7 +179,7 @@ def compose(
     alias: Annotated[list[str] | None, typer.Option(help="Aliases to point at it (repeatable).")] = None,
 ) -> None:
     """Register a composite (weighted_average, rule max/min, stacking) of registered versions, parts pinned."""
-    from models.composite import CompositeSpec
+    from models.composite import CompositeSpec  # heavy: river + pandas, ~0.7 s
 
     parsed = _run(lambda: CompositeSpec.model_validate_json(spec))
     for part in parsed.parts:
@@ -222,7 +224,7 @@ def route(
                                                "omitted: show the current one.")] = None,
 ) -> None:
     """Show or set the routing policy of an input topic (single, ab, canary, shadow, bandit)."""
-    from streams.routing.router import RouteSpec
+    from streams.routing.router import RouteSpec  # heavy: faust + onnxruntime, ~1.3 s: only this command needs it
 
     if spec is None:
         s = Settings()
@@ -267,7 +269,6 @@ def _events_from_topic(s: Settings, topic: str, last: int) -> list[dict]:
     """The ``last`` newest messages of ``topic`` (by Kafka timestamp), decoded; undecodable ones skipped."""
     from confluent_kafka import TopicPartition
 
-    from schemas.codecs import InvalidEvent, decode_feature_event
 
     consumer = clients.standalone_consumer(s.kafka, "streamscore-diff")
     try:
@@ -300,8 +301,8 @@ def _events_from_topic(s: Settings, topic: str, last: int) -> list[dict]:
 
 def _events_from_dataset(s: Settings, ref: str) -> list[dict]:
     """Feature events of an archived dataset version (datastore.dataset); prediction rows are left out."""
-    from datastore.dataset import load_version, version_rows
-    from datastore.storage import LocalStorage
+    from datastore.dataset import load_version, version_rows  # heavy
+    from datastore.storage import LocalStorage  # heavy: the archive and fastavro, ~0.4 s: only this command needs it
 
     if s.data_store_url:
         raise ValueError("only the local data_dir is supported for --data VERSION (data_store_url is set)")
@@ -323,8 +324,7 @@ def diff(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Score the same data with two versions: label agreement, mean/max score difference, rows that differ most."""
-    from models.registry_diff import diff_scores
-    from streams.cli.produce import read_jsonl
+    from models.registry_diff import diff_scores  # heavy: river + pandas, ~0.7 s
 
     if (data is None) == (topic is None):
         raise _fail("give exactly one of --data (file or dataset version) and --topic")
