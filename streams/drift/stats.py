@@ -1,8 +1,10 @@
-"""Two-sample drift statistics as pure numpy functions: PSI, KS, Wasserstein-1, chi-square, missing rate.
+"""Two-sample drift statistics: KS, Wasserstein-1 and chi-square from scipy.stats; PSI, bins, missing rate in numpy.
 
 Each function compares a *reference* (the training data, see ``streams.drift.profile``) with a *current*
-window of the live stream. None of them keeps state, so they are easy to test against scipy and to
-run on any thread.
+window of the live stream. scipy provides the tests; what is here is what scipy lacks (PSI on quantile
+bins, total variation, missing rate) and the drift conventions around scipy's calls: NaN means a missing
+feature and is left out, empty categories are dropped before the contingency table, KS uses the
+asymptotic p-value (``KS_METHOD``). None of them keeps state, so they run on any thread.
 
 >>> rng = np.random.default_rng(0)
 >>> ref, cur = rng.normal(0, 1, 5000), rng.normal(0.5, 1, 2000)
@@ -23,17 +25,17 @@ run on any thread.
 
 from __future__ import annotations
 
-import math
+from typing import Literal
 
 import numpy as np
+import scipy.stats
 
 __all__ = [
     "PSI_EPSILON",
     "bin_counts",
     "bin_proportions",
+    "KS_METHOD",
     "chi2_homogeneity",
-    "chi2_sf",
-    "kolmogorov_sf",
     "ks_2samp",
     "missing_rate",
     "psi",
@@ -42,6 +44,8 @@ __all__ = [
     "wasserstein_1",
 ]
 
+# scipy.stats.ks_2samp's p-value method; why not "auto" (= exact up to 10000 values): see ks_2samp.
+KS_METHOD: Literal["asymp"] = "asymp"
 # Added to every bin proportion before the log ratio: an empty bin would otherwise make PSI infinite.
 PSI_EPSILON = 1e-4
 
@@ -103,12 +107,16 @@ def psi(reference: np.ndarray, current: np.ndarray, epsilon: float = PSI_EPSILON
 
 
 def ks_2samp(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """Two-sided two-sample Kolmogorov-Smirnov statistic D and its asymptotic p-value.
+    """Two-sided two-sample Kolmogorov-Smirnov D and p-value: ``scipy.stats.ks_2samp(..., method="asymp")``.
 
-    D is exact, ties included (evaluated at every distinct value of the pooled sample). The p-value
-    uses Kolmogorov's limit distribution with Stephens' small-sample correction
-    ``lambda = (sqrt(ne) + 0.12 + 0.11 / sqrt(ne)) * D``, ``ne = n*m/(n+m)``; it is conservative for
-    discrete data (ties make large D rarer than for continuous data).
+    Only the finite values are compared (NaN is a missing feature, counted by ``missing_rate``). D is exact,
+    ties included. The p-value is scipy's asymptotic one (the one-sample finite-n distribution ``kstwo`` at
+    ``round(n*m/(n+m))``), not ``method="auto"``, which would pick the exact distribution for n, m <= 10000:
+    exact costs 9-37 ms per call against a 2000-value reference once a window of 1999 values has drifted
+    (unequal sizes) against 0.5-0.9 ms asymptotic: a 20-feature evaluation would take 200 ms instead of
+    30 ms (CPU time, docs/drift.md). The two p-values differed by at most 6.5 % (relative, p > 1e-6) over
+    640 measured pairs of 2000 vs 1500-2000 values, and never on which side of 0.01 they fall. Both assume
+    continuous data and are conservative with ties.
 
     >>> ks_2samp(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0]))
     (0.0, 1.0)
@@ -116,58 +124,37 @@ def ks_2samp(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     >>> d, p < 1e-10
     (0.5, True)
     """
-    a, b = np.sort(_finite(reference)), np.sort(_finite(current))
-    n, m = a.size, b.size
-    if n == 0 or m == 0:
-        raise ValueError("both samples need at least one finite value")
-    pooled = np.concatenate([a, b])
-    cdf_a, cdf_b = np.searchsorted(a, pooled, side="right") / n, np.searchsorted(b, pooled, side="right") / m
-    d = float(np.max(np.abs(cdf_a - cdf_b)))
-    ne = n * m / (n + m)
-    root = math.sqrt(ne)
-    return d, kolmogorov_sf((root + 0.12 + 0.11 / root) * d)
-
-
-def kolmogorov_sf(lam: float) -> float:
-    """P(K > lam) for the Kolmogorov distribution: ``2 * sum_{k>=1} (-1)^(k-1) exp(-2 k^2 lam^2)``.
-
-    >>> round(kolmogorov_sf(1.3581), 4)
-    0.05
-    """
-    if lam <= 0:
-        return 1.0
-    if lam < 0.2:  # the alternating series converges slowly here; its value is 1 to double precision
-        return 1.0
-    k = np.arange(1, 101)
-    terms = 2.0 * (-1.0) ** (k - 1) * np.exp(-2.0 * k**2 * lam**2)
-    return float(min(1.0, max(0.0, terms.sum())))
+    a, b = _nonempty_pair(reference, current)
+    result = scipy.stats.ks_2samp(a, b, alternative="two-sided", method=KS_METHOD)
+    return float(result.statistic), float(result.pvalue)
 
 
 def wasserstein_1(reference: np.ndarray, current: np.ndarray) -> float:
-    """Earth mover's distance between the two empirical distributions, in the data's units.
+    """Earth mover's distance between the two empirical distributions of the finite values, in the data's
+    units: ``scipy.stats.wasserstein_distance``.
 
     Unlike KS it grows with how *far* mass moved, not only with how sure we are that it moved, so it
-    stays meaningful on large windows where every p-value is tiny. Equals
-    ``scipy.stats.wasserstein_distance(reference, current)``.
+    stays meaningful on large windows where every p-value is tiny.
 
     >>> wasserstein_1(np.array([0.0, 1.0]), np.array([2.0, 3.0]))
     2.0
     """
-    a, b = np.sort(_finite(reference)), np.sort(_finite(current))
-    if a.size == 0 or b.size == 0:
-        raise ValueError("both samples need at least one finite value")
-    pooled = np.sort(np.concatenate([a, b]))
-    widths = np.diff(pooled)
-    cdf_a = np.searchsorted(a, pooled[:-1], side="right") / a.size
-    cdf_b = np.searchsorted(b, pooled[:-1], side="right") / b.size
-    return float(np.sum(np.abs(cdf_a - cdf_b) * widths))
+    a, b = _nonempty_pair(reference, current)
+    return float(scipy.stats.wasserstein_distance(a, b))
 
 
 def chi2_homogeneity(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, int, float]:
-    """Pearson chi-square test that two count vectors over the same categories share one distribution.
+    """Pearson chi-square test that two count vectors over the same categories share one distribution:
+    ``scipy.stats.chi2_contingency([ref, cur], correction=False)`` on the categories not empty in both.
 
-    Returns ``(statistic, degrees_of_freedom, p_value)``; categories empty in both samples are dropped.
-    Equals ``scipy.stats.chi2_contingency([ref, cur], correction=False)``.
+    A homogeneity test, not ``chisquare`` against the reference proportions: the reference counts are a
+    sample too (the training split), and a category new in the window (reference count 0) must still
+    count as drift, which a goodness-of-fit test with expected frequency 0 cannot express. No Yates
+    correction (scipy's default when dof = 1): binary features follow the same formula as the others; Yates
+    would raise their p-values near the threshold (is_foreign-like 14100/900 vs 1840/160: 0.00051 -> 0.00061).
+
+    Returns ``(statistic, degrees_of_freedom, p_value)``; a table with one category left, or an empty
+    sample, is ``(0.0, 0, 1.0)`` (nothing can differ; scipy would refuse a zero expected frequency).
 
     >>> chi2_homogeneity(np.array([50, 50]), np.array([50, 50]))
     (0.0, 1, 1.0)
@@ -175,34 +162,9 @@ def chi2_homogeneity(reference_counts: np.ndarray, current_counts: np.ndarray) -
     table = np.vstack([reference_counts, current_counts]).astype(np.float64)
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
-        return 0.0, 0, 1.0  # one category (or an empty sample): nothing can differ
-    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
-    stat = float(np.sum((table - expected) ** 2 / expected))
-    dof = table.shape[1] - 1
-    return stat, dof, chi2_sf(stat, dof)
-
-
-def chi2_sf(x: float, dof: int) -> float:
-    """Survival function of the chi-square distribution for an integer number of degrees of freedom.
-
-    Closed forms (no scipy): for even ``dof`` a Poisson tail sum, for odd ``dof`` ``erfc`` plus a sum;
-    terms are computed in log space so large statistics neither overflow nor lose the tail.
-
-    >>> round(chi2_sf(3.841458820694124, 1), 6), round(chi2_sf(5.991464547107979, 2), 6)
-    (0.05, 0.05)
-    """
-    if dof < 1 or int(dof) != dof:
-        raise ValueError(f"dof must be a positive integer, got {dof}")
-    if x <= 0:
-        return 1.0
-    half = x / 2.0
-    log_half = math.log(half)
-    if dof % 2 == 0:
-        total = sum(math.exp(-half + i * log_half - math.lgamma(i + 1)) for i in range(dof // 2))
-    else:
-        total = math.erfc(math.sqrt(half))
-        total += sum(math.exp(-half + (i + 0.5) * log_half - math.lgamma(i + 1.5)) for i in range((dof - 1) // 2))
-    return float(min(1.0, max(0.0, total)))
+        return 0.0, 0, 1.0
+    result = scipy.stats.chi2_contingency(table, correction=False)
+    return float(result.statistic), int(result.dof), float(result.pvalue)
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
@@ -221,6 +183,13 @@ def missing_rate(values: np.ndarray) -> float:
     """Fraction of entries that are NaN (a feature absent from the event); 0.0 for an empty array."""
     x = np.asarray(values, np.float64)
     return float(np.isnan(x).mean()) if x.size else 0.0
+
+
+def _nonempty_pair(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _finite(reference), _finite(current)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("both samples need at least one finite value")
+    return a, b
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
