@@ -98,6 +98,10 @@ class RegistryError(ValueError):
     """A registry operation was refused; the message says why and what to do."""
 
 
+class BadModelRef(RegistryError, ModelRefError):
+    """A model reference none of the accepted forms (``schemas.model_refs``): a user's mistake, not a state."""
+
+
 class SignatureMismatch(RegistryError):
     """The model's inputs (or classes) do not match the feature schema (or the earlier versions)."""
 
@@ -254,7 +258,7 @@ def _parse(text: str | ModelRef, ref: str | ModelRef | None = None) -> ModelRef:
     try:
         return text.with_ref(ref) if isinstance(text, ModelRef) else parse_model_ref(text, ref)
     except ModelRefError as exc:
-        raise RegistryError(str(exc)) from None
+        raise BadModelRef(str(exc)) from None
 
 
 def _model_name(text: str) -> str:
@@ -267,7 +271,7 @@ def _model_name(text: str) -> str:
     try:
         return model_name(text)
     except ModelRefError as exc:
-        raise RegistryError(str(exc)) from None
+        raise BadModelRef(str(exc)) from None
 
 
 def read_log(path: Path) -> Iterator[RegistryRecord]:

@@ -14,7 +14,7 @@ import pytest
 
 from models.composite import CompositeSpec, Part
 from models.demo import FEATURE_NAMES, sample_events
-from models.registry import ModelRegistry, RegistryError, read_log
+from models.registry import BadModelRef, ModelRegistry, RegistryError, read_log
 from models.registry_diff import diff_registered, version_pair
 from models.train_demo import train_demo_model
 from schemas.model_refs import FORMS, ModelRef, ModelRefError, model_name, parse_model_ref
@@ -145,8 +145,11 @@ def test_exact_forms_are_exact_and_say_how_to_write_the_other(registry):
         registry.state.model("demo-risk").resolve("models:/other/1")
     with pytest.raises(RegistryError, match="here only the model is named"):
         registry.state.model("models:/demo-risk/2")
-    with pytest.raises(RegistryError, match=FORMS.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(BadModelRef, match=FORMS.replace("(", r"\(").replace(")", r"\)")) as exc:
         registry.load_scorer("demo-risk/2")  # no scheme: refused, it is also a relative directory
+    assert isinstance(exc.value, ModelRefError) and isinstance(exc.value, RegistryError)  # CLI: exit 2 on either
+    with pytest.raises(BadModelRef, match="names model 'other'"):
+        registry.promote("demo-risk", "models:/other/2")
 
 
 def test_an_alias_named_like_a_version_only_the_exact_form_tells_apart(registry):
