@@ -52,7 +52,6 @@ import getpass
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import time
@@ -71,6 +70,16 @@ from models.composite import CompositeScorer, CompositeSpec
 from models.onnx_scorer import MODEL_FILENAME, OnnxScorer
 from models.signing import SigningKeyError, resolve_key, sign, verify
 from models.store_paths import UnsafePath, confined
+from schemas.model_refs import (
+    CHAMPION,
+    MODELS_SCHEME,
+    NAME_PATTERN,
+    ModelRef,
+    ModelRefError,
+    is_model_ref,
+    model_name,
+    parse_model_ref,
+)
 
 if TYPE_CHECKING:
     from models.registry_river import RiverScorer
@@ -79,14 +88,18 @@ LOG_FILENAME = "log.jsonl"
 KEY_FILENAME = ".signing-key"
 RIVER_ARTIFACT, RIVER_META = "model.pkl", "snapshot.json"  # as online_learning.snapshots (not imported: River)
 COMPOSITE_FILENAME = "composite.json"
-CHAMPION, CHALLENGER = "champion", "challenger"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+CHALLENGER = "challenger"
+_NAME = NAME_PATTERN  # names, versions and aliases: what a reference (schemas.model_refs) can spell
 
 ChangeKind = Literal["register", "promote", "rollback", "alias", "unalias", "route", "canary_rollback"]
 
 
 class RegistryError(ValueError):
     """A registry operation was refused; the message says why and what to do."""
+
+
+class BadModelRef(RegistryError, ModelRefError):
+    """A model reference none of the accepted forms (``schemas.model_refs``): a user's mistake, not a state."""
 
 
 class SignatureMismatch(RegistryError):
@@ -126,13 +139,32 @@ class ModelState(BaseModel):
         default_factory=dict, description="Versions each alias held, oldest first; the last is the current one."
     )
 
-    def resolve(self, ref: str) -> ModelVersion:
-        """A version by alias or version string (an alias wins when both exist)."""
-        version = self.aliases.get(ref, ref)
+    def resolve(self, ref: str | ModelRef) -> ModelVersion:
+        """A version by alias or version string (an alias wins when both exist), or by a reference to this model.
+
+        References (``schemas.model_refs``): ``models:/NAME/VERSION`` is exactly that version,
+        ``models:/NAME@ALIAS`` exactly that alias, ``models:/NAME`` the champion, ``NAME@REF`` as a plain ref.
+        """
+        if isinstance(ref, str) and not is_model_ref(ref):
+            mref = ModelRef(self.name, ref=ref)
+        else:
+            mref = _parse(self.name, ref)  # refused when it names another model
+        if mref.version is not None:
+            if mref.version not in self.versions:
+                raise RegistryError(f"{self.name}: no version {mref.version!r}; versions {sorted(self.versions)} "
+                                    f"(an alias is written {MODELS_SCHEME}{self.name}@ALIAS)")
+            return self.versions[mref.version]
+        if mref.ref is None:  # an exact alias, or the champion
+            alias = mref.target
+            if alias not in self.aliases:
+                raise RegistryError(f"{self.name}: no alias {alias!r}; aliases {self.aliases} (a version is "
+                                    f"written {MODELS_SCHEME}{self.name}/VERSION)")
+            return self.versions[self.aliases[alias]]
+        version = self.aliases.get(mref.ref, mref.ref)
         try:
             return self.versions[version]
         except KeyError:
-            raise RegistryError(f"{self.name}: no version or alias {ref!r}; versions {sorted(self.versions)}, "
+            raise RegistryError(f"{self.name}: no version or alias {mref.ref!r}; versions {sorted(self.versions)}, "
                                 f"aliases {self.aliases}") from None
 
 
@@ -197,16 +229,49 @@ class RegistryState:
         return True
 
     def model(self, name: str) -> ModelState:
+        """The model ``name`` (or ``models:/NAME``); a reference to one version is refused here."""
+        name = _model_name(name)
         record = self.records.get(f"model:{name}")
         if record is None or record.model is None:
             raise RegistryError(f"no model {name!r} in the registry; registered: {self.model_names()}")
         return record.model
+
+    def resolve(self, name: str | ModelRef, ref: str | ModelRef | None = None) -> ModelVersion:
+        """The version a reference names: ``name`` in any form of ``schemas.model_refs``, ``ref`` given separately.
+
+        ``resolve("demo-risk")`` and ``resolve("models:/demo-risk")`` are the champion; ``resolve("demo-risk",
+        "2")``, ``resolve("demo-risk@2")`` and ``resolve("models:/demo-risk/2")`` version 2 (the last: only a
+        version); ``resolve("models:/demo-risk@challenger")`` only an alias.
+        """
+        mref = _parse(name, ref)
+        return self.model(mref.name).resolve(mref)
 
     def model_names(self) -> list[str]:
         return sorted(r.model.name for r in self.records.values() if r.model is not None)
 
     def routes(self) -> dict[str, dict[str, Any]]:
         return {k.removeprefix("route:"): r.route for k, r in self.records.items() if r.route is not None}
+
+
+def _parse(text: str | ModelRef, ref: str | ModelRef | None = None) -> ModelRef:
+    """``parse_model_ref``, refusing with a ``RegistryError`` (what the CLI and the watcher handle)."""
+    try:
+        return text.with_ref(ref) if isinstance(text, ModelRef) else parse_model_ref(text, ref)
+    except ModelRefError as exc:
+        raise BadModelRef(str(exc)) from None
+
+
+def _model_name(text: str) -> str:
+    """``NAME`` or ``models:/NAME``: the model only (a version or alias in it is refused, not ignored).
+
+    A plain name is returned as it is, for the caller's own check (``_check_name``, or "no model ...").
+    """
+    if not is_model_ref(text):
+        return text
+    try:
+        return model_name(text)
+    except ModelRefError as exc:
+        raise BadModelRef(str(exc)) from None
 
 
 def read_log(path: Path) -> Iterator[RegistryRecord]:
@@ -559,8 +624,17 @@ class ModelRegistry:
     def artifact_dir(self, mv: ModelVersion) -> Path:
         return artifact_dir(self.root, mv)
 
-    def load_scorer(self, name: str, ref: str = CHAMPION) -> OnnxScorer | CompositeScorer | RiverScorer:
-        return load_version(self.root, self.state.model(name).resolve(ref))
+    def resolve(self, name: str | ModelRef, ref: str | ModelRef | None = None) -> ModelVersion:
+        """The registered version a reference names (``RegistryState.resolve``: any form of ``schemas.model_refs``)."""
+        return self.state.resolve(name, ref)
+
+    def load_scorer(self, name: str | ModelRef, ref: str | ModelRef | None = None,
+                    ) -> OnnxScorer | CompositeScorer | RiverScorer:
+        """Load what a reference names: ``load_scorer("models:/demo-risk@challenger")``, ``("demo-risk", "2")``, ...
+
+        No ref: the champion.
+        """
+        return load_version(self.root, self.resolve(name, ref))
 
     # --- changes ------------------------------------------------------------------------------
     @contextmanager
@@ -649,6 +723,7 @@ class ModelRegistry:
         """
         from models.registry_river import flat_metrics, load_river_dir, read_snapshot  # river+pandas: 1 s to import
 
+        name = _model_name(name)
         for value, what in [(name, "model name"), (version, "version"), *((a, "alias") for a in aliases)]:
             _check_name(value, what)
         src = Path(snapshot_dir)
@@ -688,16 +763,21 @@ class ModelRegistry:
 
     def register_composite(self, name: str, version: str, spec: CompositeSpec,
                            aliases: Sequence[str] = ()) -> RegistryRecord:
-        """Register a composite of registered ONNX versions; parts are pinned to their version and sha256 now."""
+        """Register a composite of registered ONNX versions; parts are pinned to their version and sha256 now.
+
+        A part's ``model`` and ``version`` may be references (``models:/demo-risk/1``); they are pinned as name and
+        version.
+        """
+        name = _model_name(name)
         for value, what in [(name, "model name"), (version, "version"), *((a, "alias") for a in aliases)]:
             _check_name(value, what)
         with self._locked():
             pinned, parts = [], []
             for part in spec.parts:
-                mv = self.state.model(part.model).resolve(part.version)
+                mv = self.state.resolve(part.model, part.version)
                 if mv.kind != "onnx":
-                    raise RegistryError(f"part {part.model}@{mv.version} is a {mv.kind}; parts must be ONNX versions")
-                pinned.append(part.model_copy(update={"version": mv.version, "sha256": mv.sha256}))
+                    raise RegistryError(f"part {mv.name}@{mv.version} is a {mv.kind}; parts must be ONNX versions")
+                pinned.append(part.model_copy(update={"model": mv.name, "version": mv.version, "sha256": mv.sha256}))
                 parts.append(mv)
             spec = spec.model_copy(update={"parts": pinned})
             CompositeScorer(name, version, spec, [load_version(self.root, mv) for mv in parts])  # loads and agrees
@@ -728,12 +808,21 @@ class ModelRegistry:
             return self._append(key, Change(kind="register", version=version, reason=f"composite {spec.kind}"),
                                 model=state)
 
-    def promote(self, name: str, version: str, alias: str = CHAMPION) -> RegistryRecord:
-        """Point ``alias`` (champion by default) at ``version`` (a version or another alias)."""
+    def promote(self, name: str, version: str | None = None, alias: str = CHAMPION) -> RegistryRecord:
+        """Point ``alias`` (champion by default) at ``version`` (a version or another alias).
+
+        ``promote("demo-risk", "2")``, ``promote("models:/demo-risk/2")`` and ``promote("models:/demo-risk",
+        "models:/demo-risk@challenger")`` are all accepted (``schemas.model_refs``).
+        """
         _check_name(alias, "alias")
+        mref = _parse(name, version)
+        if not mref.pinned:
+            raise RegistryError(f"promote {name}: which version? give NAME VERSION, or {MODELS_SCHEME}NAME/VERSION "
+                                f"or {MODELS_SCHEME}NAME@ALIAS")
+        name = mref.name
         with self._locked():
             state = self.state.model(name).model_copy(deep=True)
-            target = state.resolve(version).version
+            target = state.resolve(mref).version
             previous = state.aliases.get(alias)
             if previous == target:
                 raise RegistryError(f"{name}: {alias} already is {target}")
@@ -744,7 +833,11 @@ class ModelRegistry:
                                 model=state)
 
     def rollback(self, name: str, alias: str = CHAMPION, to: str | None = None) -> RegistryRecord:
-        """Move ``alias`` back: to the version it held before (default), or to any registered version ``to``."""
+        """Move ``alias`` back: to the version it held before (default), or to any registered version ``to``.
+
+        ``name``: NAME or ``models:/NAME``; ``to``: a version or alias, or a reference to one of this model.
+        """
+        name = _model_name(name)
         with self._locked():
             state = self.state.model(name).model_copy(deep=True)
             history = state.alias_history.get(alias, [])
@@ -773,6 +866,7 @@ class ModelRegistry:
     def unalias(self, name: str, alias: str) -> RegistryRecord:
         if alias == CHAMPION:
             raise RegistryError("champion cannot be removed: promote or roll back instead")
+        name = _model_name(name)
         with self._locked():
             state = self.state.model(name).model_copy(deep=True)
             previous = state.aliases.pop(alias, None)

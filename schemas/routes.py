@@ -5,6 +5,13 @@ without loading any routing machinery.
 
 >>> RouteSpec(policy="ab", variants={"champion": 90, "challenger": 10}).refs()
 ['champion', 'challenger']
+
+Refs (and ``model``) may be written as model references (``schemas.model_refs``); they are kept in the short
+form, the model they name becoming the route's ``model``:
+
+>>> spec = RouteSpec(policy="canary", candidate="models:/demo-risk/2", baseline="models:/demo-risk@champion")
+>>> spec.model, spec.refs()
+('demo-risk', ['champion', '2'])
 >>> try:
 ...     RouteSpec(policy="bandit", arms=["1"])
 ... except ValueError as exc:
@@ -14,9 +21,11 @@ Value error, bandit needs at least two distinct arms
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.model_refs import MODELS_SCHEME, is_model_ref, model_name, parse_model_ref
 
 __all__ = ["PolicyName", "RouteSpec"]
 
@@ -24,7 +33,11 @@ PolicyName = Literal["single", "ab", "canary", "shadow", "bandit"]
 
 
 class RouteSpec(BaseModel):
-    """How one input topic is routed; refs are aliases (champion, challenger, ...) or versions of ``model``."""
+    """How one input topic is routed; refs are aliases (champion, challenger, ...) or versions of ``model``.
+
+    A ref may also be written ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/NAME`` (the champion) or
+    ``NAME@REF``, and ``model`` as ``models:/NAME``: they are stored as ``model`` plus the short ref.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -46,6 +59,50 @@ class RouteSpec(BaseModel):
     seed: int | None = Field(None, description="bandit: RNG seed (None: fresh entropy).")
     salt: str = Field("", description="ab and canary: hash salt; change it to reshuffle entities.")
     rolled_back: str | None = Field(None, description="canary: set when rolled back (the reason); all to baseline.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_refs(cls, data: Any) -> Any:
+        """Model references -> ``model`` + short refs, so policies, labels and the ``route`` field stay as they were.
+
+        ``models:/NAME/VERSION`` keeps only VERSION: in the short form an alias of that very name would win (a
+        registry should not have an alias named like a version).
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("model"), str) and is_model_ref(data["model"]):
+            data["model"] = model_name(data["model"])  # models:/NAME; one naming a version is refused
+        named: set[str] = set()
+
+        def short(ref: Any) -> Any:
+            if not isinstance(ref, str) or not is_model_ref(ref):
+                return ref
+            parsed = parse_model_ref(ref)
+            named.add(parsed.name)
+            return parsed.target
+
+        for field in ("version", "baseline", "candidate"):
+            if field in data:
+                data[field] = short(data[field])
+        if isinstance(data.get("arms"), list):
+            data["arms"] = [short(a) for a in data["arms"]]
+        if isinstance(data.get("variants"), dict):
+            variants: dict[Any, Any] = {}
+            for ref, weight in data["variants"].items():
+                key = short(ref)
+                if key in variants:
+                    raise ValueError(f"variants name {key!r} twice ({ref!r}); give each ref one weight")
+                variants[key] = weight
+            data["variants"] = variants
+        if named:
+            model = data.get("model")
+            models = sorted(named | ({model} if model else set()))
+            if len(models) > 1:
+                raise ValueError(f"the route names models {models}: a route serves one model (its \"model\"; refs "
+                                 f"written {MODELS_SCHEME}... must name it)")
+            data["model"] = models[0]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RouteSpec:
