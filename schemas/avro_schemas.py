@@ -1,9 +1,8 @@
 """The packaged Avro schemas (.avsc) with their Confluent wire ids, parsed once and cached.
 
 Schema ids for Confluent wire framing (``0x00`` + 4-byte big-endian id + Avro body) come from the fixed
-local table ``SCHEMA_IDS``. With a real Confluent Schema Registry the ids would instead be obtained from
-its HTTP API (``POST /subjects/{subject}/versions`` to register, ``GET /schemas/ids/{id}`` to resolve);
-that client is not implemented here.
+local table ``SCHEMA_IDS``: the offline default. With a Confluent Schema Registry configured
+(``STREAMSCORE_SCHEMA_REGISTRY_URL``) the registry's ids are used instead: ``schemas.schema_registry``.
 
 >>> schema_id("feature_event")
 1

@@ -23,10 +23,12 @@ import base64
 import io
 import math
 import struct
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import orjson
 from fastavro import schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
 from pydantic import ValidationError
 
 from .avro_schemas import SCHEMA_IDS, parsed_schema, schema_id
@@ -37,6 +39,7 @@ __all__ = [
     "REASON_CODES",
     "InvalidEvent",
     "ReasonCode",
+    "SchemaResolver",
     "decode_dead_letter",
     "decode_feature_event",
     "decode_prediction",
@@ -52,7 +55,7 @@ ReasonCode = Literal[
     "empty",  # null (tombstone) or 0-byte value
     "not_json",  # not one JSON object (syntax, NaN/Infinity literals, a number beyond float64, an array...)
     "bad_avro",  # bad Confluent framing, a body that does not decode, trailing bytes, an overlong varint
-    "unknown_schema_id",  # Confluent framing with an id other than feature_event's
+    "unknown_schema_id",  # an id other than feature_event's (local table), or whose registered schema is not one
     "unknown_schema_version",  # schema_version not in SUPPORTED_SCHEMA_VERSIONS
     "schema_violation",  # missing/unknown field, empty event_id, an int outside Avro int/long
     "non_finite",  # a feature is NaN/inf (Avro) or the string "NaN"/"Infinity" (JSON)
@@ -96,13 +99,20 @@ _FEATURE_HEADER = _HEADER.pack(0, _FEATURE_EVENT_ID)
 # Same as FeatureEvent.model_validate minus its Python wrapper (~0.4 us/event saved on the hot path).
 _validate_feature_event = FeatureEvent.__pydantic_validator__.validate_python
 
+# Schema id -> fastavro-parsed writer schema, raising KeyError(reason) for an id it does not know; it returns
+# the shared ``parsed_schema("feature_event")`` object for that very contract (see schemas.schema_registry).
+SchemaResolver = Callable[[int], Any]
+
 
 def decode_feature_event(
-    raw: bytes | None, fmt: Literal["json", "avro", "auto"] = "json", max_bytes: int = 65536
+    raw: bytes | None, fmt: Literal["json", "avro", "auto"] = "json", max_bytes: int = 65536,
+    resolver: SchemaResolver | None = None,
 ) -> FeatureEvent:
     """Decode and validate one FeatureEvent; raise InvalidEvent on any problem.
 
     ``fmt="auto"`` treats a leading 0x00 byte as Confluent Avro framing and anything else as JSON.
+    ``resolver`` (a ``schemas.schema_registry.RegistrySchemaResolver``) makes Avro schema ids registry ids
+    instead of the local table's; without it, only the local id of feature_event is accepted.
 
     >>> try:
     ...     decode_feature_event(b"x" * 70000)
@@ -119,7 +129,7 @@ def decode_feature_event(
     if fmt == "json" or (fmt == "auto" and raw[0] != 0):
         data = _parse_json(raw)
     elif fmt == "avro" or fmt == "auto":
-        data = _parse_avro(raw)
+        data = _parse_avro(raw, resolver)
     else:
         raise ValueError(f"unknown format {fmt!r}; expected 'json', 'avro' or 'auto'")
 
@@ -163,13 +173,22 @@ def _duplicate_reason(key: str) -> str:
             "value wins, so the payload is ambiguous")
 
 
-def _parse_avro(raw: bytes) -> dict[str, Any]:
+def _parse_avro(raw: bytes, resolver: SchemaResolver | None = None) -> dict[str, Any]:
     if raw[0] != 0:
         raise InvalidEvent("bad_avro", f"first byte is 0x{raw[0]:02x}, expected Confluent magic byte 0x00")
     if len(raw) < _HEADER.size:
         raise InvalidEvent("bad_avro", f"payload is {len(raw)} bytes, shorter than the 5-byte Confluent header")
     _, sid = _HEADER.unpack_from(raw)
-    if sid != _FEATURE_EVENT_ID:
+    if resolver is not None:
+        # A registry's ids are its own (it numbers from 1 too): the local table must not be consulted.
+        try:
+            writer = resolver(sid)
+        except KeyError as e:
+            raise InvalidEvent("unknown_schema_id",
+                               f"{e.args[0]}; expected a streamscore.FeatureEvent schema") from None
+        if writer is not _FEATURE_SCHEMA:
+            return _parse_avro_resolved(raw, sid, writer)
+    elif sid != _FEATURE_EVENT_ID:
         known = SCHEMA_IDS.get(sid)
         detail = "is not registered" if known is None else f"is '{known}'"
         raise InvalidEvent(
@@ -190,6 +209,37 @@ def _parse_avro(raw: bytes) -> dict[str, Any]:
     except (TypeError, ValueError) as e:  # fastavro returned a shape the size arithmetic does not expect
         problem = ("bad_avro", _clip(f"Avro body does not decode as feature_event ({type(e).__name__}: {e})"))
     if problem is not None:
+        code, reason = problem
+        raise InvalidEvent(code, reason, _event_id_of(data))  # type: ignore[arg-type]
+    return data
+
+
+def _parse_avro_resolved(raw: bytes, sid: int, writer: Any) -> dict[str, Any]:
+    """A body written with another registered schema, read as a FeatureEvent by Avro schema resolution.
+
+    Strictness is checked against the *writer* schema (a second read in its shape; only on this path), when
+    the strict walker supports every type in it; a writer the walker cannot follow is accepted as decoded.
+    """
+    name = writer.get("name", writer.get("type")) if isinstance(writer, dict) else str(writer)
+    buf = io.BytesIO(raw)
+    buf.seek(_HEADER.size)
+    try:
+        data = schemaless_reader(buf, writer, _FEATURE_SCHEMA)
+    except SchemaResolutionError as e:
+        raise InvalidEvent("unknown_schema_id", _clip(f"schema id {sid} is registered as {name!r}, which cannot be "
+                                                      f"read as streamscore.FeatureEvent ({e})")) from e
+    except Exception as e:  # garbage bodies: as on the local path
+        detail = "body ended early" if isinstance(e, EOFError) else _clip(f"{type(e).__name__}: {e}")
+        raise InvalidEvent("bad_avro", f"Avro body does not decode as schema id {sid} ({detail})") from e
+    trailing = len(raw) - buf.tell()
+    if trailing:
+        raise InvalidEvent("bad_avro", f"Avro body has {trailing} trailing bytes after the record of schema id {sid}")
+    buf.seek(_HEADER.size)
+    try:
+        problem = avro_problem(raw, _HEADER.size, writer, schemaless_reader(buf, writer, None))
+    except (TypeError, ValueError):  # a type the strict walker does not follow (enum, fixed, named reference)
+        problem = None
+    if problem is not None and not problem[1].startswith("unsupported type"):
         code, reason = problem
         raise InvalidEvent(code, reason, _event_id_of(data))  # type: ignore[arg-type]
     return data
@@ -308,15 +358,19 @@ def prediction_to_json_bytes(d: dict[str, Any]) -> bytes:
     ...
     ValueError: prediction has a non-finite score/latency_ms/probability: score=nan
     """
-    probs = d["probabilities"]
     # One sum catches any NaN/inf; on failure re-check exactly (a sum of huge finite values can overflow).
-    if not math.isfinite(d["score"] + d["latency_ms"] + sum(probs.values())):
-        bad = [(k, d[k]) for k in ("score", "latency_ms") if not math.isfinite(d[k])]
-        bad += [(f"probabilities[{k!r}]", v) for k, v in probs.items() if not math.isfinite(v)]
-        if bad:
-            shown = ", ".join(f"{k}={v}" for k, v in bad)
-            raise ValueError(f"prediction has a non-finite score/latency_ms/probability: {shown}")
+    if not math.isfinite(d["score"] + d["latency_ms"] + sum(d["probabilities"].values())):
+        _raise_non_finite(d)
     return orjson.dumps(d, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _raise_non_finite(d: dict[str, Any]) -> None:
+    """ValueError naming the non-finite numbers of a prediction dict (none: its sum merely overflowed)."""
+    bad = [(k, d[k]) for k in ("score", "latency_ms") if not math.isfinite(d[k])]
+    bad += [(f"probabilities[{k!r}]", v) for k, v in d["probabilities"].items() if not math.isfinite(v)]
+    if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in bad)
+        raise ValueError(f"prediction has a non-finite score/latency_ms/probability: {shown}")
 
 
 def encode_prediction_json(p: Prediction) -> bytes:

@@ -37,7 +37,7 @@ import numpy as np
 import orjson
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from .codecs import InvalidEvent, _parse_avro, decode_feature_event
+from .codecs import InvalidEvent, SchemaResolver, _parse_avro, decode_feature_event
 from .records import SUPPORTED_SCHEMA_VERSIONS, FeatureEvent
 from .validation import FeatureValidator, out_of_float32_reason
 
@@ -83,11 +83,11 @@ def _string_colons(ev: Event) -> int:
 
 
 def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Format], validator: FeatureValidator,
-                max_bytes: int = 65536) -> DecodedRows:
+                max_bytes: int = 65536, resolver: SchemaResolver | None = None) -> DecodedRows:
     """Decode and validate a batch of message values into model rows (float32, ``validator``'s order).
 
     ``formats`` is one format for every value or one per value (e.g. by each message's topic). Never raises
-    InvalidEvent: every bad value is one ``errors`` entry.
+    InvalidEvent: every bad value is one ``errors`` entry. ``resolver``: as in ``decode_feature_event``.
     """
     names = validator.feature_names
     k = len(names)
@@ -126,7 +126,7 @@ def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Forma
                 ev.metadata = None
         elif fmt == "avro" or fmt == "auto":
             try:
-                ev = msgspec.convert(_parse_avro(raw), Event)
+                ev = msgspec.convert(_parse_avro(raw, resolver), Event)
             except (InvalidEvent, _DecodeError):
                 slow.append(i)
                 continue
@@ -160,7 +160,7 @@ def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Forma
         fast_index, fast = kept_index, kept
     out = DecodedRows(fast_index, fast)
     if slow:
-        _decode_slow(out, rows, slow, values, formats, per_value, validator, max_bytes)
+        _decode_slow(out, rows, slow, values, formats, per_value, validator, max_bytes, resolver)
     if not rows:
         out.X = np.empty((0, k), dtype=np.float32)
         return out
@@ -169,19 +169,20 @@ def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Forma
         X = X64.astype(np.float32) if validator.input_dtype == "float32" else X64
     good = np.isfinite(X).all(axis=1)
     if not good.all():
-        X = _drop_bad_rows(out, good, X, X64, rows, names, values, formats, per_value, max_bytes)
+        X = _drop_bad_rows(out, good, X, X64, rows, names, values, formats, per_value, max_bytes, resolver)
     out.X = np.ascontiguousarray(X)
     return out
 
 
 def _decode_slow(out: DecodedRows, rows: list, slow: list[int], values: Sequence[bytes | None], formats: Any,
-                 per_value: bool, validator: FeatureValidator, max_bytes: int) -> None:
+                 per_value: bool, validator: FeatureValidator, max_bytes: int,
+                 resolver: SchemaResolver | None = None) -> None:
     """The reference decoder's verdict for each ``slow`` value, merged into ``out``/``rows`` in input order."""
     index, events = out.index, out.events
     for i in slow:
         fmt = formats[i] if per_value else formats
         try:
-            event = decode_feature_event(values[i], fmt, max_bytes)
+            event = decode_feature_event(values[i], fmt, max_bytes, resolver)
             row = tuple(validator.row(event))
         except InvalidEvent as e:
             out.errors.append((i, e))
@@ -198,7 +199,8 @@ def _decode_slow(out: DecodedRows, rows: list, slow: list[int], values: Sequence
 
 
 def _drop_bad_rows(out: DecodedRows, good: np.ndarray, X: np.ndarray, X64: np.ndarray, rows: list, names: Sequence[str],
-                   values: Sequence[bytes | None], formats: Any, per_value: bool, max_bytes: int) -> np.ndarray:
+                   values: Sequence[bytes | None], formats: Any, per_value: bool, max_bytes: int,
+                   resolver: SchemaResolver | None = None) -> np.ndarray:
     for j in np.flatnonzero(~good).tolist():
         i, ev = out.index[j], out.events[j]
         if np.isfinite(X64[j]).all():  # finite as float64, not as the model's float32 input
@@ -206,7 +208,7 @@ def _drop_bad_rows(out: DecodedRows, good: np.ndarray, X: np.ndarray, X64: np.nd
         else:  # NaN/inf from Avro: the reference decoder rejects it with its usual reason
             fmt = formats[i] if per_value else formats
             try:
-                decode_feature_event(values[i], fmt, max_bytes)
+                decode_feature_event(values[i], fmt, max_bytes, resolver)
             except InvalidEvent as e:
                 err = e
             else:  # unreachable while FeatureEvent refuses non-finite floats; kept as a clear verdict

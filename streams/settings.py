@@ -27,7 +27,7 @@ from schemas.routes import RouteSpec
 InputFormat = Literal["json", "avro", "auto"]
 
 # Settings that are never printed, dumped or logged (repr=False, exclude=True); as_env() hands them on.
-SECRET_FIELDS = ("sasl_password", "signing_key", "snapshot_hmac_key")
+SECRET_FIELDS = ("sasl_password", "signing_key", "snapshot_hmac_key", "schema_registry_basic_auth")
 
 
 class Settings(BaseSettings):
@@ -87,6 +87,35 @@ class Settings(BaseSettings):
     )
     prediction_topic: str = "predictions"
     dead_letter_topic: str = "dead-letter"
+
+    # --- Confluent Schema Registry (docs/operations.md, "Schema Registry") -------------------------------
+    schema_registry_url: str | None = Field(
+        None, description="http(s)://host:port[,http(s)://host:port] of a Confluent Schema Registry. Set: Avro schema "
+        "ids are the registry's (input decoded by the id's registered schema, cached). Unset: the fixed local table "
+        "(feature_event is id 1).",
+    )
+    schema_registry_subject_strategy: Literal["topic", "record", "topic_record"] = Field(
+        "topic", description="Subject of the schemas we register: topic = <topic>-value, record = the record's full "
+        "name (streamscore.Prediction), topic_record = <topic>-<record name>.",
+    )
+    schema_registry_auto_register: bool = Field(
+        True, description="Register our schemas under their subject (POST /subjects/{s}/versions); false: only look "
+        "them up (POST /subjects/{s}), for registries where this service may not register.",
+    )
+    schema_registry_basic_auth: str | None = Field(
+        None, repr=False, exclude=True, description="USER:PASSWORD for the registry (Confluent Cloud: API key and "
+        "secret); never printed. Prefer schema_registry_basic_auth_file.",
+    )
+    schema_registry_basic_auth_file: Path | None = Field(
+        None, description="File holding USER:PASSWORD for the registry (a mounted secret).",
+    )
+    schema_registry_ca_file: Path | None = Field(
+        None, description="CA bundle to verify an https registry; default the certifi bundle.",
+    )
+    avro_predictions: bool = Field(
+        False, description="Write predictions as Confluent Avro (schemas/prediction.avsc, registered in the Schema "
+        "Registry) instead of JSON. Needs schema_registry_url.",
+    )
 
     # --- worker ------------------------------------------------------------------------------
     app_id: str = Field("streamscore", description="Faust app id = consumer group id.")
@@ -243,7 +272,27 @@ class Settings(BaseSettings):
                 raise ValueError("set sasl_password or sasl_password_file, not both")
             # Secrets written with `echo` end in a newline that is not part of the password.
             self.sasl_password = self.sasl_password_file.read_text().rstrip("\r\n")
+        if self.schema_registry_basic_auth_file is not None:
+            if self.schema_registry_basic_auth is not None:
+                raise ValueError("set schema_registry_basic_auth or schema_registry_basic_auth_file, not both")
+            self.schema_registry_basic_auth = self.schema_registry_basic_auth_file.read_text().rstrip("\r\n")
         return self
+
+    @model_validator(mode="after")
+    def _check_schema_registry(self) -> Settings:
+        if self.avro_predictions and self.schema_registry_url is None:
+            # Local ids mean other schemas in any registry a consumer might use: refuse rather than mislead.
+            raise ValueError("avro_predictions needs schema_registry_url (Avro predictions carry registry schema ids)")
+        return self
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _check_schema_registry_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            for url in value.split(","):
+                if not url.strip().startswith(("http://", "https://")):
+                    raise ValueError("schema_registry_url must be http(s)://host:port[,http(s)://host:port]")
+        return value
 
     @field_validator("routes")
     @classmethod
