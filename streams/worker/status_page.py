@@ -272,6 +272,10 @@ def number(x: float | int | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def _count(n: int | None, noun: str) -> str:
+    return number(n, noun if n == 1 else f"{noun}s")
+
+
 def duration(seconds: float) -> str:
     """An uptime, e.g. ``3 h 2 min``.
 
@@ -306,7 +310,7 @@ def _big(x: float | int | None, unit: str) -> str:
 
 def _tile(label: str, value: str, sub: str, id_: str, cls: str = "") -> str:
     return (f'<div class="tile" id="{id_}"><div class="label">{_e(label)}</div>'
-            f'<div class="value {cls}">{value}</div><div class="sub">{sub}</div></div>')
+            f'<div class="{" ".join(["value", cls]).strip()}">{value}</div><div class="sub">{sub}</div></div>')
 
 
 def _models(models: Status | None) -> str:
@@ -373,13 +377,23 @@ def _drift(drift: Status | None, now_ms: int) -> str:
                 f'{iso(drift.get("window_end_ms"))}); every {number(drift.get("interval_s"), "s")}; '
                 f'{number(drift.get("messages_seen"), "inputs")} seen, '
                 f'{number(drift.get("sampled_out"), "sampled out")}. '
-                f'<a href="/drift/report">Full drift report ({number(drift.get("records_in_memory"), "records")})</a>'
+                f'<a href="/drift/report">Full drift report</a> ({_count(drift.get("records_in_memory"), "record")} '
+                "in memory)"
                 f"</p>")
-        flagged = [[_e(f["feature"]), _e(f["statistic"]), f"{f['value']:.3g}",
-                    "–" if f["alert_threshold"] is None else f"{f['alert_threshold']:g}", _badge(f["status"])]
-                   for f in drift.get("flagged", [])]
-        body += _table(["feature", "statistic", "value", "alert at", "status"], flagged,
-                       "every statistic is within its thresholds", cls="narrow")
+        by_feature: dict[str, list[Status]] = {}
+        for f in drift.get("flagged", []):
+            by_feature.setdefault(f["feature"], []).append(f)
+        flagged = []  # one row per feature: its statistics beyond a threshold, worst first
+        for feature, stats in by_feature.items():
+            stats.sort(key=lambda f: f["status"] != "alert")
+            worst = stats[0]["status"]
+            cells = " · ".join(
+                f'<span class="s-{_e(f["status"])}">{_e(f["statistic"])} {f["value"]:.3g}'
+                + ("" if f["alert_threshold"] is None else f' <span class="muted">(alert ≥ {f["alert_threshold"]:g})'
+                   "</span>") + "</span>" for f in stats)
+            flagged.append([f"<b>{_e(feature)}</b>", _badge(worst), cells])
+        body += _table(["feature", "status", "statistics beyond a threshold"], flagged,
+                       "every statistic is within its thresholds")
     alert = drift.get("alert")
     if alert is None:
         body += '<p class="muted">no alert since this worker started</p>'
@@ -439,6 +453,7 @@ th{font-size:12px;color:var(--muted);font-weight:600}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f1f1f4;padding:1px 4px;border-radius:3px}
 .badge{color:#fff;border-radius:10px;padding:1px 9px;font-size:12px;font-weight:600;vertical-align:1px}
 .cols{display:grid;grid-template-columns:1fr 1fr;gap:24px} .ago{color:var(--muted)}
+.s-alert{color:#c62828;font-weight:600} .s-warn{color:#b26a00}
 .alert{border-left:4px solid #c62828;background:#fdf3f3;padding:8px 12px;margin-top:10px;border-radius:4px}
 .alert.resolved{border-color:#2e7d32;background:#f2f8f2} .alert ul{margin:4px 0 0 18px;padding:0}
 footer{color:var(--muted);font-size:12px;padding:0 0 20px}

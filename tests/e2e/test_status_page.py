@@ -122,7 +122,8 @@ def trickle(settings: Settings, topic: str) -> Iterator[None]:
         thread.join(30)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed: `make chromium` (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason="chromium is not installed (as root: `make chromium`, or apt-get install chromium)")
 def test_status_page_shows_models_throughput_dead_letters_and_drift_in_a_browser(sflow: Flow) -> None:
     s, flow = sflow.settings, sflow
     port = free_port()
@@ -159,7 +160,7 @@ def test_status_page_shows_models_throughput_dead_letters_and_drift_in_a_browser
         text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<(script|style)>.*?</\1>|<[^>]+>", " ", dom, flags=re.S)))
         assert "demo-risk@1" in text and "all input topics" in text, text
         assert st["models"]["routes"][0]["sha256"][:12] in text
-        rate = re.search(r'id="tile-in".*?class="value">([\d,.]+)<span class="unit"> events/s<', dom)
+        rate = re.search(r'id="tile-in".*?class="value[^"]*">([\d,.]+)<span class="unit"> events/s<', dom)
         assert rate is not None and float(rate.group(1).replace(",", "")) > 0, dom
         for reason, n in EXPECTED_DEAD.items():
             assert re.search(rf"{reason}\s*</code></td><td>{n}</td>", dom), (reason, n)
