@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit bench lint clean
+.PHONY: venv chromium demo test test-unit bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -16,7 +16,18 @@ venv: $(STAMP)             ## create .venv and install the project (only when ne
 demo: venv                 ## embedded broker + worker + producer; shows predictions and dead letters
 	$(VENV)/bin/streamscore demo
 
-test: venv                 ## unit + end-to-end tests (starts its own embedded broker)
+# The status-page test (tests/e2e/test_status_page.py) renders the worker's page in headless Debian chromium.
+# Installed only when missing, and only as root with apt-get (CI runs as root); anywhere else this says how,
+# and that test skips with the same sentence.
+chromium:                  ## Debian's chromium for the browser test (apt-get, as root; nothing when present)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "chromium is not installed (as root: apt-get install chromium): the status-page browser test will skip"; \
+	fi
+
+test: venv chromium        ## unit + end-to-end tests (starts its own embedded broker)
 	$(PY) -m pytest -q -ra
 
 test-unit: venv

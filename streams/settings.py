@@ -129,7 +129,11 @@ class Settings(BaseSettings):
     batch_within_ms: float = Field(5.0, gt=0, description="Max wait to fill a micro-batch.")
     max_payload_bytes: int = Field(64 * 1024, ge=64, description="Larger payloads are dead-lettered.")
     worker_id: str | None = Field(None, description="Names this worker in dead letters and metrics.")
-    web_port: int = Field(6066, description="HTTP port of the worker (metrics, health).")
+    web_port: int = Field(6066, description="HTTP port of the worker (status page, metrics, health).")
+    web_bind: str = Field(
+        "0.0.0.0", min_length=1, description="Address the worker's HTTP server listens on. 0.0.0.0 (every "
+        "interface) is what containers need: probes and Prometheus reach the pod from outside. 127.0.0.1 keeps the "
+        "status page, /metrics and /debug/fail on this host only (a laptop, a shared machine).")
     lag_interval_s: float = Field(5.0, gt=0, description="How often each worker measures its group's consumer lag.")
     stall_after_s: float = Field(
         10.0, gt=0, description="/healthz fails when the engine has lag on its partitions but consumed nothing for "

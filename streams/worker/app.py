@@ -27,6 +27,7 @@ from models.serving import hold_serving_lease
 from streams import metrics
 from streams.archive.lane import register_archiver
 from streams.drift.lane import register_drift_monitor
+from streams.drift.report import render_report
 from streams.engines.batch import BatchEngine
 from streams.engines.faust_agent import register_scoring_agent
 from streams.kafka.broker import ensure_broker
@@ -39,6 +40,7 @@ from streams.scoring.pipeline import ScoringPipeline
 from streams.settings import Settings
 from streams.worker.health import Health, ProgressWatch
 from streams.worker.lag import register_lag_monitor
+from streams.worker.status_page import StatusPage, render, render_body, render_missing_report
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class Worker:
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
             web_port=settings.web_port,
-            web_bind="0.0.0.0",
+            web_bind=settings.web_bind,
             web_in_thread=False,
         )
         self.batch_engine: BatchEngine | None = None
@@ -149,6 +151,25 @@ class Worker:
 
     def _register_pages(self) -> None:
         app, worker = self.app, self
+        status_page = StatusPage()  # keeps the counter samples the page's rates are computed from
+
+        @app.page("/")  # added before Faust's blueprints (init_server): it answers / instead of their {"status": "OK"}
+        async def status_html(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+            status = status_page.status(worker)  # ?fragment=1: the live part only, for the page's 2 s refresh
+            return web.html(render_body(status) if request.query.get("fragment") else render(status))
+
+        @app.page("/status.json")
+        async def status_json(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+            return web.json(status_page.status(worker))
+
+        @app.page("/drift/report")
+        async def drift_report(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+            records = list(worker.drift.monitor.recent) if worker.drift is not None else []
+            if not records:
+                return web.html(render_missing_report(worker.drift is not None, worker.settings.drift_window),
+                                status=404)
+            page = await app.loop.run_in_executor(None, render_report, records)  # 120 records took 34 ms: off the loop
+            return web.html(page)
 
         @app.page("/metrics")
         async def metrics(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
