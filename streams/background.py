@@ -33,7 +33,9 @@ import logging
 import threading
 import time
 
-__all__ = ["BackgroundThread", "InjectedFault"]
+__all__ = ["NOT_STARTED", "BackgroundThread", "InjectedFault"]
+
+NOT_STARTED = "not started yet"  # a part reports this while the worker is still starting
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,8 @@ class BackgroundThread:
 
     def health(self) -> dict[str, object]:
         """For /healthz: healthy while the thread runs and is not waiting to restart after an error."""
+        if self._thread is None:
+            return {"healthy": False, "alive": False, "reason": NOT_STARTED}
         return {
             "healthy": self.alive and not self.failing,
             "alive": self.alive,

@@ -24,6 +24,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from streams.background import NOT_STARTED
+
 __all__ = ["Health", "ProgressWatch", "Probe"]
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,10 @@ class Health:
                 parts[name] = {"healthy": False, "reason": f"probe failed: {type(exc).__name__}: {exc}"}
         failing = sorted(name for name, part in parts.items() if not part.get("healthy", False))
         for name in set(failing) - self._was_failing:  # log transitions, not every probe
+            if parts[name].get("reason") == NOT_STARTED:
+                continue  # the worker is starting: not a fault (and not remembered as failing)
             log.error("health: %s is failing: %s", name, parts[name].get("reason") or parts[name].get("last_error"))
         for name in self._was_failing - set(failing):
             log.warning("health: %s recovered", name)
-        self._was_failing = set(failing)
+        self._was_failing = {name for name in failing if parts[name].get("reason") != NOT_STARTED}
         return {"status": "failing" if failing else "ok", "failing": failing, "parts": parts}
