@@ -71,6 +71,37 @@ def raw_kafka_loop(settings: Settings, topic: str, n: int) -> float:
     return n / elapsed
 
 
+def pipeline_micro(settings: Settings, n: int = 100_000, batch: int = 256, repeat: int = 3) -> dict[str, float]:
+    """µs/event of ``ScoringPipeline.process`` on ``n`` demo events (JSON) in batches of ``batch``, no Kafka.
+
+    The whole in-process scoring cost of one event: decode + validate, ONNX, input hash, prediction bytes,
+    metrics. ``onnx`` is the share of a bare ``scorer.predict_many`` on the same rows (best of ``repeat``).
+    """
+    from streams.scoring.pipeline import ScoringPipeline
+    from streams.scoring.records import InboundMessage
+
+    scorer = OnnxScorer.from_dir(settings.model_dir)
+    pipeline = ScoringPipeline(settings.scoring.model_copy(update={"input_topics": {"features": "json"}}), scorer)
+    messages = [InboundMessage("features", 0, i, key, value)
+                for i, (key, value) in enumerate(encode_events(sample_events(4321, n)))]
+    chunks = [messages[i:i + batch] for i in range(0, n, batch)]
+    X = np.array([[e["features"][f] for f in scorer.feature_names] for e in sample_events(4321, n)],
+                 dtype=np.float32)
+    best, best_onnx, outputs = float("inf"), float("inf"), 0
+    for _ in range(repeat):
+        started, outputs = time.perf_counter(), 0
+        for chunk in chunks:
+            outputs += len(pipeline.process(chunk).outputs)
+        best = min(best, time.perf_counter() - started)
+        started = time.perf_counter()
+        for i in range(0, n, batch):
+            scorer.predict_many(X[i:i + batch])
+        best_onnx = min(best_onnx, time.perf_counter() - started)
+    if outputs != n:
+        raise RuntimeError(f"pipeline bench: {outputs} outputs for {n} events")
+    return {"us_per_event": best * 1e6 / n, "onnx_us_per_event": best_onnx * 1e6 / n}
+
+
 def worker_run(settings: Settings, engine: str, topic: str, n: int, console: Console, paced_rate: int,
                **overrides: object) -> dict:
     """Throughput over a backlog of ``n`` events, then latency at ``paced_rate`` events/s."""
@@ -175,3 +206,17 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 20
     console.print(f"ratio = events/s ÷ raw Kafka loop; scoring cost share of the batch engine: "
                   f"{results['engine=batch']['throughput'] / onnx_rate:.2f} of raw ONNX rows/s; "
                   f"latency at {paced_rate} events/s paced load, event time → prediction on the broker.")
+
+
+if __name__ == "__main__":
+    import sys
+
+    # `python -m streams.cli.bench [n]`: the in-process rows only (no broker): pipeline and schemas hot path.
+    from schemas.bench import measure_hot_path
+
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    local = Settings()
+    from streams.cli.common import ensure_demo_model
+
+    ensure_demo_model(local)
+    print(orjson.dumps({"pipeline": pipeline_micro(local, count), "hot_path": measure_hot_path(count)}).decode())
