@@ -166,6 +166,11 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 20
     console.print(f"benchmark: {n} events, model {scorer.name}@{scorer.version}, batch {settings.batch_size}")
 
     onnx_rate = raw_onnx(settings, X)
+    with console.status("scoring pipeline and hot path, in process (no Kafka)"):
+        from schemas.bench import measure_hot_path
+
+        pipeline_cost = pipeline_micro(settings, min(n, 100_000))
+        hot_path = measure_hot_path(min(n, 100_000))
     results: dict[str, dict] = {}
     kafka_rates = []
     # The default worker also runs the drift lane and the archiver (a child process), each reading every
@@ -194,6 +199,12 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 20
         table.add_row(
             f"streamscore worker, {engine}", f"{r['throughput']:,.0f}", f"{r['throughput'] / raw_kafka:.2f}",
             f"{r['p50']:.1f}", f"{r['p99']:.1f}")
+    table.add_row(f"ScoringPipeline.process in process (batch 256, no Kafka): "
+                  f"{pipeline_cost['us_per_event']:.2f} µs/event, ONNX {pipeline_cost['onnx_us_per_event']:.2f}",
+                  f"{1e6 / pipeline_cost['us_per_event']:,.0f}", "", "", "")
+    table.add_row(f"hot path without ONNX (schemas.bench): {hot_path['batch.total']:.2f} µs/event "
+                  f"(per-event codecs {hot_path['legacy.total']:.2f})",
+                  f"{1e6 / hot_path['batch.total']:,.0f}", "", "", "")
     from online_learning.bench import bench_learners
 
     with console.status("River learners, in process (prequential predict-then-learn)"):
