@@ -338,6 +338,21 @@ STALL_EVENTS = 5000
 STALL_RATE = 125  # events/s: a 40 s stream with the stall in its middle
 
 
+def paced_produce(settings: Settings, topic: str, payloads: list, rate: float) -> None:
+    """Like ``produce(..., rate=...)``, but waits for every delivery however long the broker is away (``produce``
+    gives up at close after 30 s)."""
+    publisher = Publisher(settings.kafka, **{"linger.ms": 5})
+    step, deliveries, started = max(1, int(rate / 20)), [], time.monotonic()
+    for i in range(0, len(payloads), step):
+        deliveries.append(publisher.send_batch([Outbound(topic, k, v) for k, v in payloads[i:i + step]]))
+        ahead = (i + step) / rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+    for delivery in deliveries:
+        delivery.wait(600)
+    publisher.close()
+
+
 @dataclass
 class StallResult:
     flow: Flow
@@ -362,8 +377,8 @@ def stalled(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         for flow in flows.values():
             flow.start_worker()
         streams = {e: sample_events(40 + i, STALL_EVENTS) for i, e in enumerate(ENGINES)}
-        threads = [threading.Thread(target=produce, args=(flows[e].settings, flows[e].json_topic,
-                                                          encode_events(streams[e])), kwargs={"rate": STALL_RATE})
+        threads = [threading.Thread(target=paced_produce, args=(flows[e].settings, flows[e].json_topic,
+                                                                list(encode_events(streams[e])), STALL_RATE))
                    for e in ENGINES]
         for t in threads:
             t.start()
@@ -378,7 +393,7 @@ def stalled(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             os.kill(status.pid, signal.SIGCONT)
         resumed_at_ms = time.time_ns() // 1_000_000
         for t in threads:
-            t.join(180)
+            t.join(300)
         results = {}
         for e in ENGINES:
             ids = {ev["event_id"] for ev in streams[e]}
