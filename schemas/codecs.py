@@ -64,6 +64,7 @@ ReasonCode = Literal[
     "wrong_type",  # e.g. a boolean or a string where a number is expected
     "missing_feature",  # a feature of the model's signature is absent
     "extra_feature",  # a feature the model does not take (strict by default)
+    "output_rejected",  # the broker refused the event's output for good (e.g. MSG_SIZE_TOO_LARGE)
 ]
 REASON_CODES: frozenset[str] = frozenset(get_args(ReasonCode))
 

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from models.demo import sample_events
 from models.onnx_scorer import OnnxScorer
+from schemas.bench import measure_hot_path
 from streams.cli.common import ensure_demo_model
 from streams.cli.demo import start_worker, stop_worker, wait_ready
 from streams.cli.produce import encode_events, produce, stamped_now
@@ -70,6 +71,37 @@ def raw_kafka_loop(settings: Settings, topic: str, n: int) -> float:
     elapsed = time.perf_counter() - started
     consumer.close()
     return n / elapsed
+
+
+def pipeline_micro(settings: Settings, n: int = 100_000, batch: int = 256, repeat: int = 3) -> dict[str, float]:
+    """µs/event of ``ScoringPipeline.process`` on ``n`` demo events (JSON) in batches of ``batch``, no Kafka.
+
+    The whole in-process scoring cost of one event: decode + validate, ONNX, input hash, prediction bytes,
+    metrics. ``onnx`` is the share of a bare ``scorer.predict_many`` on the same rows (best of ``repeat``).
+    """
+    from streams.scoring.pipeline import ScoringPipeline  # heavy: keeps `streamscore --help` fast
+    from streams.scoring.records import InboundMessage  # heavy: keeps `streamscore --help` fast
+
+    scorer = OnnxScorer.from_dir(settings.model_dir)
+    pipeline = ScoringPipeline(settings.scoring.model_copy(update={"input_topics": {"features": "json"}}), scorer)
+    messages = [InboundMessage("features", 0, i, key, value)
+                for i, (key, value) in enumerate(encode_events(sample_events(4321, n)))]
+    chunks = [messages[i:i + batch] for i in range(0, n, batch)]
+    X = np.array([[e["features"][f] for f in scorer.feature_names] for e in sample_events(4321, n)],
+                 dtype=np.float32)
+    best, best_onnx, outputs = float("inf"), float("inf"), 0
+    for _ in range(repeat):
+        started, outputs = time.perf_counter(), 0
+        for chunk in chunks:
+            outputs += len(pipeline.process(chunk).outputs)
+        best = min(best, time.perf_counter() - started)
+        started = time.perf_counter()
+        for i in range(0, n, batch):
+            scorer.predict_many(X[i:i + batch])
+        best_onnx = min(best_onnx, time.perf_counter() - started)
+    if outputs != n:
+        raise RuntimeError(f"pipeline bench: {outputs} outputs for {n} events")
+    return {"us_per_event": best * 1e6 / n, "onnx_us_per_event": best_onnx * 1e6 / n}
 
 
 def worker_run(settings: Settings, engine: str, topic: str, n: int, console: Console, paced_rate: int,
@@ -135,6 +167,10 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 20
     console.print(f"benchmark: {n} events, model {scorer.name}@{scorer.version}, batch {settings.batch_size}")
 
     onnx_rate = raw_onnx(settings, X)
+    with console.status("scoring pipeline and hot path, in process (no Kafka)"):
+
+        pipeline_cost = pipeline_micro(settings, min(n, 100_000))
+        hot_path = measure_hot_path(min(n, 100_000))
     results: dict[str, dict] = {}
     kafka_rates = []
     # The default worker also runs the drift lane and the archiver (a child process), each reading every
@@ -163,6 +199,12 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 20
         table.add_row(
             f"streamscore worker, {engine}", f"{r['throughput']:,.0f}", f"{r['throughput'] / raw_kafka:.2f}",
             f"{r['p50']:.1f}", f"{r['p99']:.1f}")
+    table.add_row(f"ScoringPipeline.process in process (batch 256, no Kafka): "
+                  f"{pipeline_cost['us_per_event']:.2f} µs/event, ONNX {pipeline_cost['onnx_us_per_event']:.2f}",
+                  f"{1e6 / pipeline_cost['us_per_event']:,.0f}", "", "", "")
+    table.add_row(f"hot path without ONNX (schemas.bench): {hot_path['batch.total']:.2f} µs/event "
+                  f"(per-event codecs {hot_path['legacy.total']:.2f})",
+                  f"{1e6 / hot_path['batch.total']:,.0f}", "", "", "")
     from online_learning.bench import bench_learners  # heavy: river + pandas, ~0.7 s
 
     with console.status("River learners, in process (prequential predict-then-learn)"):
@@ -175,3 +217,17 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 20
     console.print(f"ratio = events/s ÷ raw Kafka loop; scoring cost share of the batch engine: "
                   f"{results['engine=batch']['throughput'] / onnx_rate:.2f} of raw ONNX rows/s; "
                   f"latency at {paced_rate} events/s paced load, event time → prediction on the broker.")
+
+
+if __name__ == "__main__":
+    import sys
+
+    # `python -m streams.cli.bench [n]`: the in-process rows only (no broker): pipeline and schemas hot path.
+    from schemas.bench import measure_hot_path
+
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    local = Settings()
+    from streams.cli.common import ensure_demo_model
+
+    ensure_demo_model(local)
+    print(orjson.dumps({"pipeline": pipeline_micro(local, count), "hot_path": measure_hot_path(count)}).decode())

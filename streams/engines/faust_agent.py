@@ -6,19 +6,29 @@ Up to ``MAX_BATCHES_IN_FLIGHT`` batches await delivery at once, so the broker ro
 serialise the agent (waiting batch by batch capped it near 6k events/s).
 (``take``/``take_events`` ack in a ``finally`` even when the batch is abandoned half-way, which
 could commit an input whose prediction was never written.)
+
+A batch whose delivery fails never crashes the agent (it used to: one DeliveryError raised on the next batch).
+The publisher retries transient failures for as long as it takes; an output refused for good becomes an
+``output_rejected`` dead letter about its input, and the input is acked once that letter is delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
 
+from streams import metrics
+from streams.engines.batch import adopt_offsets, batch_group_id
 from streams.kafka.publisher import Delivery, Publisher
 from streams.scoring.pipeline import InboundMessage, ScoringPipeline
+from streams.scoring.records import RecordBuilder
 from streams.settings import KafkaSettings, ScoringSettings
+
+log = logging.getLogger(__name__)
 
 MAX_BATCHES_IN_FLIGHT = 16
 
@@ -46,6 +56,8 @@ def register_scoring_agent(
         value_serializer="raw",
         partitions=kafka.partitions,
     )
+    # Before Faust joins <app_id>: start where the batch engine left off if it got further (engine switch).
+    adopt_offsets(kafka, kafka.app_id, batch_group_id(kafka), settings.input_topics)
     # Validation and ONNX run on one worker thread so a large batch never blocks heartbeats.
     scoring_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
 
@@ -56,22 +68,21 @@ def register_scoring_agent(
         # Deliveries overlap: a batch's inputs are acked when its outputs land, while later batches are
         # already being scored. Faust commits only up to the first un-acked offset of a partition.
         in_flight = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
-        failures: list[BaseException] = []
 
         async def ack_when_delivered(delivery: Delivery, events: list[faust.EventT]) -> None:
             try:
-                await delivery.wait_async()
+                delivery = await delivered_or_dead_lettered(delivery, pipeline.records, publisher, loop)
                 for event in events:
                     await stream.ack(event)
-            except BaseException as exc:  # never ack; the agent raises it on its next batch
-                failures.append(exc)
+            except asyncio.CancelledError:  # stopping: unacked inputs are consumed again after restart
+                raise
+            except Exception:  # never ack what is not delivered; the agent keeps scoring
+                log.exception("scoring agent: a batch of %d inputs was not acked", len(events))
             finally:
                 in_flight.release()
 
         pending: set[asyncio.Task] = set()
         async for events in stream.noack_take(settings.batch_size, within=within):
-            if failures:
-                raise failures[0]
             await in_flight.acquire()
             received_ms = time.time_ns() // 1_000_000
             batch = [inbound(event.message) for event in events]
@@ -81,3 +92,22 @@ def register_scoring_agent(
             task.add_done_callback(pending.discard)
 
     return score
+
+
+async def delivered_or_dead_lettered(delivery: Delivery, records: RecordBuilder, publisher: Publisher,
+                                     loop: asyncio.AbstractEventLoop) -> Delivery:
+    """Wait for ``delivery``; outputs the broker refused for good are replaced by ``output_rejected`` dead
+    letters about their inputs, and those are waited for too. Returns the last delivery waited for."""
+    while True:
+        await delivery.wait_done()
+        letters = []
+        for out, err in delivery.rejected:
+            if out.topic == records.dead_letter_topic:  # a letter about a letter would be refused again
+                log.error("dead letter refused by the broker (%s); input left in its topic", err)
+                continue
+            metrics.DEAD_LETTERS.labels(getattr(out.source, "topic", "?"), "output_rejected").inc()
+            log.warning("output to %s refused by the broker (%s): dead-lettered", out.topic, err)
+            letters.append(records.output_rejected(out, err))
+        if not letters:
+            return delivery
+        delivery = publisher.send_batch(letters, loop)

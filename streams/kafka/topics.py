@@ -12,23 +12,31 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import NewTopic
 
 from streams.kafka import clients
-from streams.settings import Settings
+from streams.settings import KafkaSettings, Settings
 
 
 def flow_topics(settings: Settings) -> list[str]:
     return [*settings.input_topics, settings.prediction_topic, settings.dead_letter_topic]
 
 
-def ensure_topics(settings: Settings, names: Iterable[str] | None = None, timeout: float = 15.0) -> list[str]:
-    """Create the topics that do not exist yet; return the names that were created."""
-    admin = clients.admin(settings.kafka)
-    wanted = list(dict.fromkeys(names if names is not None else flow_topics(settings)))
+def ensure_topics(settings: Settings | KafkaSettings, names: Iterable[str] | None = None,
+                  timeout: float = 15.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names that were created.
+
+    ``settings`` may be the Kafka scope alone (the publisher recreates its output topics with it) when ``names``
+    are given.
+    """
+    kafka = settings if isinstance(settings, KafkaSettings) else settings.kafka
+    if names is None and isinstance(settings, KafkaSettings):
+        raise ValueError("ensure_topics: name the topics when given KafkaSettings")
+    admin = clients.admin(kafka)
+    wanted = list(dict.fromkeys(names if names is not None else flow_topics(settings)))  # type: ignore[arg-type]
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in wanted if t not in existing]
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing],
+        [NewTopic(t, kafka.partitions, kafka.replication_factor) for t in missing],
         operation_timeout=timeout,
     )
     created = []

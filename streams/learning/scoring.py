@@ -24,8 +24,8 @@ import pandas as pd
 
 from models.scorer import ScoreBatch
 from online_learning.learner import Learner
-from schemas.codecs import InvalidEvent, decode_feature_event
-from schemas.validation import FeatureValidator
+from schemas.hot_path import decode_rows
+from schemas.validation import FLOAT32_OVERFLOW, FeatureValidator
 from streams.engines.batch import BatchEngine
 from streams.kafka.publisher import Publisher
 from streams.learning import metrics as lm
@@ -86,6 +86,8 @@ class OnlinePipeline:
         self.name = learner_name
         self.records = RecordBuilder(settings.worker_name, settings.dead_letter_topic)
         self._columns = list(validator.feature_names)
+        self._decoder = FeatureValidator(validator.feature_names, validator.allow_extra, input_dtype="float64")
+        self._limit = FLOAT32_OVERFLOW if validator.input_dtype == "float32" else None
         self._out = lm.PREDICTIONS.labels(learner_name)
         self._invalid = lm.SKIPPED_EVENTS.labels(learner_name, "invalid_input")
         self._non_finite = lm.SKIPPED_EVENTS.labels(learner_name, "non_finite_prediction")
@@ -93,20 +95,24 @@ class OnlinePipeline:
     def process(self, messages: Sequence[InboundMessage], received_ms: int | None = None) -> BatchResult:
         received_ms = received_ms or now_ms()
         result = BatchResult()
-        formats, max_bytes = self.settings.input_topics, self.settings.max_payload_bytes
-        good, rows = [], []
-        for msg in messages:
-            try:
-                event = decode_feature_event(msg.value, formats.get(msg.topic, "auto"), max_bytes)
-                rows.append(self.validator.row(event))
-            except InvalidEvent:  # the ONNX path dead-letters it; a second dead letter would be noise
-                self._invalid.inc()
-                continue
-            good.append((msg, event))
-        if not rows:
+        topics = self.settings.input_topics
+        formats = [topics.get(m.topic, "auto") for m in messages]
+        # River learns from float64 features, so rows are decoded as float64; the float32 range check the
+        # validator asks for is applied afterwards (the ONNX path dead-letters those inputs).
+        decoded = decode_rows([m.value for m in messages], formats, self._decoder, self.settings.max_payload_bytes)
+        if decoded.errors:  # the ONNX path dead-letters them; a second dead letter would be noise
+            self._invalid.inc(len(decoded.errors))
+        X, index, events = decoded.X, decoded.index, decoded.events
+        if self._limit is not None and len(index):
+            fits = (np.abs(X) < self._limit).all(axis=1)
+            if not fits.all():
+                self._invalid.inc(int((~fits).sum()))
+                keep = np.flatnonzero(fits).tolist()
+                X, index, events = X[fits], [index[j] for j in keep], [events[j] for j in keep]
+        if not index:
             return result
+        good = list(zip([messages[i] for i in index], events, strict=True))
         serving = self.slot.current
-        X = np.asarray(rows, dtype=np.float64)
         batch = serving.learner.predict_many(pd.DataFrame(X, columns=self._columns))
         result.outputs = self.records.predictions(
             good, X, batch, serving, route=ROUTE, topic=self.settings.online_prediction_topic,

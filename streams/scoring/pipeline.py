@@ -16,7 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from models.scorer import Scorer
-from schemas.codecs import InvalidEvent, decode_feature_event
+from schemas.codecs import InvalidEvent
+from schemas.hot_path import decode_rows
 from schemas.validation import FeatureValidator
 from streams import metrics
 from streams.kafka.publisher import Outbound
@@ -33,20 +34,19 @@ class BatchResult:
 
 class Router(Protocol):
     """What the pipeline needs of a routing table (``streams.routing.router.Router`` implements it)."""
-
     def route(self, records: RecordBuilder, good: list, X: np.ndarray, received_ms: int) -> list[Outbound]: ...
 
 
 class ScoringPipeline:
     """Turns a batch of raw input messages into prediction and dead-letter messages."""
-
     def __init__(self, settings: ScoringSettings, scorer: Scorer, route: str = "single") -> None:
         self.settings = settings
         self.scorer = scorer
         self.route = route
         self.router: Router | None = None  # set by streams.routing.watcher when a model registry is configured
         self.records = RecordBuilder(settings.worker_name, settings.dead_letter_topic)
-        self.validator = FeatureValidator(scorer.feature_names)
+        # Validated in the model's input dtype: 1e39 is a finite float64 but inf as a float32 input.
+        self.validator = FeatureValidator(scorer.feature_names, input_dtype=getattr(scorer, "input_dtype", "float32"))
         self._in = {t: metrics.EVENTS_IN.labels(t) for t in settings.input_topics}
         self._out = metrics.PREDICTIONS_OUT.labels(scorer.name, scorer.version)
         metrics.MODEL_INFO.labels(scorer.name, scorer.version, scorer.sha256).set(1)
@@ -55,30 +55,29 @@ class ScoringPipeline:
         started = time.perf_counter()
         received_ms = received_ms or now_ms()
         result = BatchResult()
-        formats, max_bytes, to_row = self.settings.input_topics, self.settings.max_payload_bytes, self.validator.row
-        good: list[tuple[InboundMessage, object]] = []
-        rows: list[list[float]] = []
-        for msg in messages:
-            try:
-                event = decode_feature_event(msg.value, formats.get(msg.topic, "auto"), max_bytes)
-                rows.append(to_row(event))
-            except InvalidEvent as exc:
-                result.outputs.append(self._dead_letter(msg, exc))
-                continue
-            good.append((msg, event))
-        for topic, count in Counter(m.topic for m in messages).items():
+        topics = self.settings.input_topics
+        counts = Counter(m.topic for m in messages)
+        # One format for the batch when it comes from one topic (the common case), else one per message.
+        formats = (topics.get(next(iter(counts)), "auto") if len(counts) == 1
+                   else [topics.get(m.topic, "auto") for m in messages])
+        decoded = decode_rows([m.value for m in messages], formats, self.validator, self.settings.max_payload_bytes)
+        for pos, exc in decoded.errors:
+            result.outputs.append(self._dead_letter(messages[pos], exc))
+        for topic, count in counts.items():
             self._in.setdefault(topic, metrics.EVENTS_IN.labels(topic)).inc(count)
-        if rows:
-            X = np.asarray(rows, dtype=np.float32)
+        if decoded.index:
+            good = list(zip([messages[i] for i in decoded.index], decoded.events, strict=True))
+            X = decoded.X
             router = self.router
-            event_times = np.fromiter((event.event_time for _, event in good), dtype=np.int64, count=len(good))
+            event_times = np.fromiter((event.event_time for event in decoded.events), dtype=np.int64,
+                                      count=len(good))
             if router is None:
                 result.outputs.extend(self.predictions(good, X, received_ms))
-                self._out.inc(len(rows))
+                self._out.inc(len(good))
             else:  # registry routing: versions, A/B, canary, shadow, bandit (streams/routing/router.py)
                 result.outputs.extend(router.route(self.records, good, X, received_ms))
             metrics.observe_many(metrics.EVENT_LATENCY, np.maximum(0, now_ms() - event_times) / 1000)
-            result.scored = len(rows)
+            result.scored = len(good)
         result.dead_lettered = len(messages) - result.scored
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

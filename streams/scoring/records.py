@@ -33,10 +33,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.scorer import ScoreBatch
-from schemas.codecs import InvalidEvent, encode_dead_letter, prediction_to_json_bytes
-from schemas.records import DeadLetter
-from schemas.validation import input_hash
-from streams.kafka.publisher import Headers, Outbound
+from schemas.codecs import InvalidEvent
+from schemas.dead_letters import DEFAULT_MAX_ORIGINAL_BYTES, dead_letter_bytes
+from schemas.hot_path import encode_predictions
+from schemas.validation import input_hashes
+from streams.kafka.publisher import MAX_MESSAGE_BYTES, Headers, Outbound
 
 __all__ = ["InboundMessage", "ModelIdentity", "RecordBuilder", "now_ms", "passthrough_headers"]
 
@@ -47,7 +48,6 @@ PASSTHROUGH_HEADERS = ("traceparent", "tracestate", "request_id")
 @dataclass(slots=True)
 class InboundMessage:
     """One consumed input record, whatever client read it."""
-
     topic: str
     partition: int
     offset: int
@@ -59,7 +59,6 @@ class InboundMessage:
 
 class ModelIdentity(Protocol):
     """What a prediction record names of the model that made it (every ``Scorer`` has these)."""
-
     name: str
     version: str
     sha256: str
@@ -79,10 +78,11 @@ def passthrough_headers(headers: Headers | None) -> Headers:
 
 class RecordBuilder:
     """Builds prediction and dead-letter messages for one worker."""
-
-    def __init__(self, worker: str, dead_letter_topic: str) -> None:
+    def __init__(self, worker: str, dead_letter_topic: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.worker = worker
         self.dead_letter_topic = dead_letter_topic
+        # A letter's value must fit the producer's message.max.bytes with its key and headers beside it.
+        self.max_message_bytes = max_message_bytes - DEFAULT_MAX_ORIGINAL_BYTES - 1024
 
     def predictions(
         self,
@@ -101,67 +101,61 @@ class RecordBuilder:
         A record that cannot be encoded (a non-finite score from a diverged learner) raises, unless
         ``on_unencodable`` is given: then it is reported there and left out.
         """
+        if not good:
+            return []
         scored_at = now_ms()
-        latency_ms = float(scored_at - received_ms)
-        classes = [str(c) for c in model.classes]
-        probabilities = batch.probabilities.tolist()
-        scores = batch.scores.tolist()
-        labels = [str(label) for label in batch.labels]
-        name, version, sha256 = model.name, str(model.version), model.sha256
+        scores, labels, probabilities = batch.scores, batch.labels, batch.probabilities
+        if on_unencodable is not None:
+            finite = np.isfinite(scores) & np.isfinite(probabilities).all(axis=1)
+            if not finite.all():  # leave the non-finite rows out, the rest is encoded as usual
+                for j in np.flatnonzero(~finite).tolist():
+                    on_unencodable(good[j][0])
+                keep = np.flatnonzero(finite)
+                good = [good[j] for j in keep.tolist()]
+                X, scores, labels, probabilities = X[keep], scores[keep], labels[keep], probabilities[keep]
+                if not good:
+                    return []
+        msgs = [m for m, _ in good]
+        events = [e for _, e in good]
+        version = str(model.version)
+        # The hash is of the float32 model input, whatever dtype X was (the online learner's is float64).
+        values = encode_predictions(
+            events, [m.topic for m in msgs], [m.partition for m in msgs], [m.offset for m in msgs],
+            input_hashes(X), scores, [str(label) for label in labels], probabilities,
+            [str(c) for c in model.classes], model_name=model.name, model_version=version,
+            model_sha256=model.sha256, scored_at=scored_at, latency_ms=float(scored_at - received_ms),
+            route=route, worker=self.worker)
         version_header, route_header = version.encode(), route.encode()
-        rows = np.ascontiguousarray(X, dtype="<f4")  # the hash is of the float32 model input, whatever X was
         outputs = []
-        for i, (msg, event) in enumerate(good):
-            record = {
-                "event_id": event.event_id,
-                "entity_id": event.entity_id,
-                "event_time": event.event_time,
-                "model_name": name,
-                "model_version": version,
-                "model_sha256": sha256,
-                "score": scores[i],
-                "label": labels[i],
-                "probabilities": dict(zip(classes, probabilities[i], strict=True)),
-                "input_hash": input_hash(rows[i].tobytes()),
-                "scored_at": scored_at,
-                "latency_ms": latency_ms,
-                "route": route,
-                "worker": self.worker,
-                "source_topic": msg.topic,
-                "source_partition": msg.partition,
-                "source_offset": msg.offset,
-                "schema_version": event.schema_version,
-            }
-            try:
-                value = prediction_to_json_bytes(record)
-            except ValueError:
-                if on_unencodable is None:
-                    raise
-                on_unencodable(msg)
-                continue
-            headers = [
-                ("event_id", event.event_id.encode()),
-                ("model_version", version_header),
-                ("route", route_header),
-                *passthrough_headers(msg.headers),
-            ]
-            key = msg.key if msg.key is not None else event.event_id.encode()
-            outputs.append(Outbound(topic, key, value, headers))
+        for msg, event, value in zip(msgs, events, values, strict=True):
+            event_id = event.event_id.encode()
+            headers = [("event_id", event_id), ("model_version", version_header), ("route", route_header)]
+            if msg.headers:
+                headers.extend(passthrough_headers(msg.headers))
+            outputs.append(Outbound(topic, msg.key if msg.key is not None else event_id, value, headers, None, msg))
         return outputs
 
     def dead_letter(self, msg: InboundMessage, exc: InvalidEvent) -> Outbound:
-        """The dead letter of an input that cannot be scored: reason, original key and bytes, coordinates."""
-        letter = DeadLetter(
-            event_id=exc.event_id,
-            reason_code=exc.code,
-            reason=exc.reason,
-            source_topic=msg.topic,
-            source_partition=msg.partition,
-            source_offset=msg.offset,
-            original_key=msg.key,
-            original_value=msg.value or b"",
-            failed_at=now_ms(),
-            worker=self.worker,
-        )
+        """The dead letter of an input that cannot be scored: reason, a bounded prefix of the original key and
+        bytes (with their size and sha256), coordinates; always small enough for the broker."""
+        _letter, value = dead_letter_bytes(
+            exc, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value,
+            worker=self.worker, failed_at=now_ms(), max_message_bytes=self.max_message_bytes)
         headers = [("reason_code", exc.code.encode()), *passthrough_headers(msg.headers)]
-        return Outbound(self.dead_letter_topic, msg.key, encode_dead_letter(letter), headers)
+        return Outbound(self.dead_letter_topic, _bounded_key(msg.key), value, headers, None, msg)
+
+    def output_rejected(self, output: Outbound, error: object) -> Outbound:
+        """The dead letter of an input whose output the broker refused for good (e.g. MSG_SIZE_TOO_LARGE):
+        reason ``output_rejected`` with the broker's error, about the input ``output`` was built from."""
+        source = output.source
+        if not isinstance(source, InboundMessage):  # only outputs built here carry their input
+            raise ValueError(f"output to {output.topic} has no source input to dead-letter")
+        event_id = next((v.decode(errors="replace") for k, v in output.headers or () if k == "event_id"), None)
+        exc = InvalidEvent("output_rejected", f"the broker refused its output to '{output.topic}' "
+                           f"({len(output.value)} bytes): {error}", event_id)
+        return self.dead_letter(source, exc)
+
+
+def _bounded_key(key: bytes | None) -> bytes | None:
+    """The dead letter's key: the input's key, cut to what a letter keeps of it (a 1 MB key would not fit)."""
+    return key if key is None or len(key) <= DEFAULT_MAX_ORIGINAL_BYTES else key[:DEFAULT_MAX_ORIGINAL_BYTES]
