@@ -1,12 +1,19 @@
 """Prometheus metrics of the scoring flow.
 
 Label children are cached by the callers (``.labels()`` costs more than the increment itself).
+
+No ``*_created`` series: prometheus_client exports one per counter/histogram child by default (a second
+series for every labelled counter that no dashboard or rule reads, and that OpenMetrics-unaware Prometheus
+ingests as a separate gauge). Importing this module switches them off for the process; the archiver child
+does the same (streams/archive/lane.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # read at collect time, so it holds for metrics defined before this import too
 
 EVENTS_IN = Counter("streamscore_events_in_total", "Input events consumed", ["topic"])
 PREDICTIONS_OUT = Counter("streamscore_predictions_total", "Predictions published", ["model", "version"])

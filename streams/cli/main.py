@@ -32,7 +32,7 @@ from streams.cli.learners import learners_app
 from streams.cli.models import models_app
 from streams.cli.produce import bad_payloads, encode_events, read_jsonl
 from streams.cli.produce import produce as produce_payloads
-from streams.kafka.broker import ensure_broker
+from streams.kafka.broker import EmbeddedBrokerMissing, ensure_broker
 from streams.kafka.reader import follow as follow_topic
 from streams.kafka.topics import ensure_topics
 
@@ -186,7 +186,11 @@ app.command("replay")(replay)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except EmbeddedBrokerMissing as exc:  # any command that starts the embedded broker, on an install without it
+        console.print(f"[red]✗[/] {exc}", soft_wrap=True, highlight=False)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
