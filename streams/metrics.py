@@ -33,6 +33,11 @@ MODEL_INFO = Gauge("streamscore_model_info", "Loaded model (value 1)", ["model",
 # Set by streams/worker/lag.py on its own timer; every worker reports every partition of its group.
 CONSUMER_LAG = Gauge("streamscore_consumer_lag", "Records the group has yet to consume", ["topic", "partition"])
 BROKER_REACHABLE = Gauge("streamscore_broker_reachable", "1 if the broker answered the lag monitor recently")
+# Control-plane events, for the dashboard's registry row: each one a log line too (streams/routing, streams/drift).
+ROUTING_SWAPS = Counter("streamscore_routing_swaps_total", "Routing tables swapped in from the model registry")
+CANARY_ROLLBACKS = Counter("streamscore_canary_rollbacks_total", "Canary or shadow lanes rolled back by their guard",
+                           ["topic"])
+DRIFT_ALERTS = Counter("streamscore_drift_alerts_total", "Drift alerts published to the alerts topic", ["model"])
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

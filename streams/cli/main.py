@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from models.demo import FEATURE_NAMES, sample_events
 from models.signing import SigningKeyError
@@ -189,7 +190,7 @@ def main() -> None:
     try:
         app()
     except EmbeddedBrokerMissing as exc:  # any command that starts the embedded broker, on an install without it
-        console.print(f"[red]✗[/] {exc}", soft_wrap=True, highlight=False)
+        console.print(f"[red]✗[/] {escape(str(exc))}", soft_wrap=True, highlight=False)  # keeps "[embedded]"
         raise SystemExit(2) from None
 
 
