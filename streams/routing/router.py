@@ -41,7 +41,7 @@ import numpy as np
 
 from models.scorer import Scorer
 from schemas.routes import RouteSpec
-from streams.metrics import PREDICTIONS_OUT
+from streams.metrics import CANARY_ROLLBACKS, PREDICTIONS_OUT
 from streams.scoring.records import RecordBuilder
 
 if TYPE_CHECKING:
@@ -371,6 +371,7 @@ class Router:
             reason = lane.policy.breach()  # judged before picking: labels that came since count for this batch
             if reason is not None:
                 log.warning("rolling back %s on %s: %s", lane.spec.policy, topic, reason)
+                CANARY_ROLLBACKS.labels(topic).inc()
                 self.rollback_locally(topic if own else None, lane.spec, reason)
                 if self.on_breach is not None:
                     self.on_breach(topic if own else "", lane.spec, reason)

@@ -66,7 +66,7 @@ from schemas.labels import InvalidLabel, decode_label
 from streams.background import BackgroundThread
 from streams.kafka import clients
 from streams.kafka.topics import ensure_topics
-from streams.metrics import MODEL_INFO
+from streams.metrics import MODEL_INFO, ROUTING_SWAPS
 from streams.routing.router import Feedback, Router, RouteSpec, RoutingTable, TopicRoute, make_policy
 from streams.scoring.pipeline import ScoringPipeline
 from streams.settings import Settings
@@ -324,6 +324,7 @@ class RegistryWatcher(BackgroundThread):
             return
         self.router.swap(table)
         self.swaps += 1
+        ROUTING_SWAPS.inc()
         self.build_error = None
         log.info("registry routing swapped (generation %d): %s", table.generation, _describe(table))
 

@@ -35,6 +35,7 @@ from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Publisher
 from streams.kafka.topics import ensure_topics
 from streams.learning.lane import register_learning
+from streams.logs import logging_config
 from streams.routing.watcher import register_registry
 from streams.scoring.pipeline import ScoringPipeline
 from streams.settings import Settings
@@ -304,7 +305,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
             log.warning("no serving lease on %s (%s); trainers can only be stopped by its permissions",
                         settings.model_dir, exc.strerror or exc)
         worker = Worker(settings)
-        runner = _FaustWorker(worker.app, loglevel=loglevel, quiet=True)
+        # Faust configures logging as it starts: STREAMSCORE_LOG_FORMAT=json goes in as its dictConfig
+        runner = _FaustWorker(worker.app, loglevel=loglevel, quiet=True,
+                              logging_config=logging_config(settings.log_format, loglevel))
         if not sys.stdout.isatty():
             runner.spinner = None  # it writes cursor escapes even into a log file (the demo's, a test's)
         try:

