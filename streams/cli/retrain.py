@@ -65,8 +65,8 @@ def approve_cmd(name: str, version: str) -> None:
 @retrain_app.command("log")
 def log_cmd(n: Annotated[int, typer.Option("-n", help="Newest events shown.")] = 50) -> None:
     """The lifecycle topic: each step with the ids linking request, alert, data and model versions."""
-    from streams.kafka.reader import read_all
-    from streams.retrain.lifecycle import decode
+    from streams.kafka.reader import read_all  # confluent-kafka consumer: only this command reads a topic
+    from streams.retrain.lifecycle import decode  # pydantic models of the service: only this command
 
     s = settings()
     try:
