@@ -265,6 +265,33 @@ class Settings(BaseSettings):
     shadow_topic: str = Field("predictions-shadow", description="Where shadow-scored predictions go (never the "
                               "prediction topic).")
 
+    # --- closed loop: the retrain service, `streamscore retrain` (docs/closed_loop.md) -------------------------
+    # Only that service reads these; the scoring worker never retrains.
+    retrain_lifecycle_topic: str = Field("model-lifecycle", description="Lifecycle events of the closed loop (one "
+                                         "partition): request received ... promoted or rejected, and approvals.")
+    retrain_min_rows: int = Field(500, ge=2, description="Labelled rows a retrain needs; fewer: the request is "
+                                  "rejected with the count.")
+    retrain_data_wait_s: float = Field(120.0, gt=0, description="How long a request waits for its inputs to be "
+                                       "sealed in the archive and labelled before it is rejected.")
+    retrain_cooldown_s: float = Field(3600.0, ge=0, description="At most one retrain per model this often; requests "
+                                      "inside it are skipped (lifecycle request_skipped).")
+    retrain_approval: Literal["auto", "manual"] = Field(
+        "auto", description="auto: a candidate that passes the gate is promoted; manual: it waits for "
+        "`streamscore retrain approve NAME VERSION`.")
+    retrain_route_topic: str = Field("*", description="Input topic (or '*') whose route the service sets to shadow "
+                                     "while a candidate is judged, and back to the champion after.")
+    retrain_gate_min_samples: int = Field(300, ge=10, description="Paired labelled events (scored by both champion "
+                                          "and challenger) the gate decides on, once.")
+    retrain_gate_min_improvement: float = Field(0.005, ge=0, description="Mean log-loss reduction per event the "
+                                                "challenger must show.")
+    retrain_gate_alpha: float = Field(0.05, gt=0, lt=0.5, description="Largest bootstrap p-value (share of resampled "
+                                      "mean improvements <= 0) that passes.")
+    retrain_gate_resamples: int = Field(2000, ge=100, description="Paired bootstrap resamples.")
+    retrain_gate_seed: int = Field(0, description="Seed of the bootstrap (a decision can be recomputed).")
+    retrain_gate_max_wait_s: float = Field(3600.0, gt=0, description="A candidate without enough paired labelled "
+                                           "events this long after its shadow started is rejected.")
+    retrain_poll_s: float = Field(0.5, gt=0, description="How often the service polls requests, labels and scores.")
+
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:

@@ -41,6 +41,7 @@ from datastore.storage import Storage
 from models.card import ModelCard
 from online_learning.snapshots import SnapshotStore
 from streams.archive.replay import resolve_model_dir
+from streams.retrain.dataset import TrainingDataset, load_training
 from streams.settings import Settings
 
 
@@ -63,13 +64,13 @@ class ModelLineage:
     card: ModelCard | None = None
     training_version: DatasetVersion | None = None
     chain: list[DatasetVersion] = field(default_factory=list)
+    retrain: TrainingDataset | None = None  # when the model was retrained by the closed loop (streams.retrain)
     problems: list[str] = field(default_factory=list)
 
 
 @dataclass
 class LearnedBy:
     """A River snapshot that learned an archived label, and the dataset version of its labels if made."""
-
     learner: str
     version: int
     data_version: str | None
@@ -116,6 +117,9 @@ def model_lineage(settings: Settings, storage: Storage, name: str, version: str,
     if ref is None:
         out.problems.append("the model card names no training data version")
         return out
+    out.retrain = load_training(storage, ref)
+    if out.retrain is not None:  # inputs joined with labels: the inputs are an archive dataset version
+        ref = out.retrain.inputs_version
     try:
         out.training_version = load_version(storage, ref)
         out.chain = parent_chain(storage, out.training_version)

@@ -408,6 +408,11 @@ def lineage(event_id: Annotated[str, typer.Argument(help="Event id (the key of i
         console.print(f"  learned by {lb.learner} v{lb.version}  data {data}")
     for ml in lin.models:
         console.print(f"  model      {ml.ref}  sha256 {ml.sha256[:16]}…  {ml.model_dir or ''}")
+        if ml.retrain is not None:  # trained by the retrain service: the request and the alert behind it
+            r = ml.retrain
+            console.print(f"  retrained  request {r.request_id}  alert {r.alert_id}  training data {r.id}  "
+                          f"({len(r.rows)} labelled rows)")
+            console.print(f"             data version {r.data_version}", soft_wrap=True)
         if ml.training_version is not None:
             tv = ml.training_version
             console.print(f"  trained on {tv.id}  ({tv.record_count} records, {', '.join(tv.topics)})")

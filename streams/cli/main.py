@@ -33,6 +33,7 @@ from streams.cli.learners import learners_app
 from streams.cli.models import models_app
 from streams.cli.produce import bad_payloads, encode_events, read_jsonl
 from streams.cli.produce import produce as produce_payloads
+from streams.cli.retrain import retrain_app
 from streams.kafka.broker import EmbeddedBrokerMissing, ensure_broker
 from streams.kafka.reader import follow as follow_topic
 from streams.kafka.topics import ensure_topics
@@ -182,6 +183,7 @@ app.add_typer(learners_app, name="learners")  # online learning: list|show|rollb
 app.add_typer(drift_app, name="drift")  # drift monitoring: report (HTML), status
 app.add_typer(models_app, name="models")  # model registry: versions, aliases, routing, diff
 app.add_typer(data_app, name="data")  # data versioning
+app.add_typer(retrain_app, name="retrain")  # closed loop: retrain service, approvals, lifecycle log
 app.command("lineage")(lineage)
 app.command("replay")(replay)
 

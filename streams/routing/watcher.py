@@ -359,6 +359,12 @@ class RegistryWatcher(BackgroundThread):
                              for b in blocked)
         return self.build_error
 
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        # BackgroundThread's supervisor records the error of a crashed run() here (and None in __init__); without
+        # a setter every registry worker died at start with AttributeError.
+        self.thread_error = value
+
     @property
     def healthy(self) -> bool:
         return self.last_error is None
