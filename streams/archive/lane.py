@@ -461,7 +461,8 @@ if __name__ == "__main__":  # the worker's archiver child process (ArchiverProce
                                      "child process (settings from STREAMSCORE_*); see `streamscore data archiver`.")
     parser.add_argument("--metrics-port", type=int, help="Serve this process's metrics on 127.0.0.1:PORT.")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get("STREAMS_LOGLEVEL", "INFO"),  # the worker's --loglevel
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="127.0.0.1")
     raise SystemExit(run_archiver(Settings()))

@@ -15,13 +15,22 @@ from streams.settings import Settings
 
 
 def _consumer(settings: Settings, topic: str, from_beginning: bool) -> tuple[Consumer, int]:
+    """Assigned to every partition: at the start, or at the end as it is NOW (the high watermark, read before this
+    returns: a message produced after it is seen, which OFFSET_END, resolved at the first fetch, does not promise)."""
     consumer = clients.standalone_consumer(settings.kafka, "streamscore-reader", **{"fetch.wait.max.ms": 50})
-    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-    if meta is None or meta.error is not None:
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise KeyError(f"topic {topic!r} does not exist")
+        starts = {p: OFFSET_BEGINNING for p in meta.partitions}
+        if not from_beginning:
+            for p in meta.partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                starts[p] = high if high >= 0 else OFFSET_END
+    except BaseException:
         consumer.close()
-        raise KeyError(f"topic {topic!r} does not exist")
-    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    consumer.assign([TopicPartition(topic, p, start) for p in meta.partitions])
+        raise
+    consumer.assign([TopicPartition(topic, p, start) for p, start in starts.items()])
     return consumer, len(meta.partitions)
 
 
