@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 import typer
-from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -82,16 +81,22 @@ def _labels(meta: SnapshotMeta) -> str:
     return ", ".join(spans) or "-"
 
 
-_SHORT = {"accuracy": "acc", "log_loss": "logloss", "roc_auc": "auc", "mae": "mae", "rmse": "rmse"}
-
-
-def _headline(values: dict[str, float] | None) -> str:
-    """``acc 0.912 logloss 0.231 auc 0.950 (n 1000)``, or ``-`` when nothing was evaluated."""
+def _headline(values: dict[str, float] | None, names: tuple[str, ...] | None = None) -> str:
+    """``accuracy 0.912  log_loss 0.231  roc_auc 0.950  (n 1000)``, or ``-`` when nothing was evaluated."""
     if not values or not values.get("n"):
         return "-"
-    names = ("accuracy", "log_loss", "roc_auc") if "accuracy" in values else ("mae", "rmse")
-    shown = " ".join(f"{_SHORT[n]} {values[n]:.3f}" for n in names if n in values)
-    return f"{shown} (n {int(values['n'])})"
+    names = names or (("accuracy", "log_loss", "roc_auc") if "accuracy" in values else ("mae", "rmse"))
+    shown = "  ".join(f"{n} {values[n]:.3f}" for n in names if n in values)
+    return f"{shown}  (n {int(values['n'])})"
+
+
+def _cell(values: dict[str, float] | None, count: bool = True) -> str:
+    """The table's short form: ``0.912/0.950 n1000`` (accuracy/roc_auc; regression: mae/rmse)."""
+    if not values or not values.get("n"):
+        return "-"
+    a, b = ("accuracy", "roc_auc") if "accuracy" in values else ("mae", "rmse")
+    n = f" n{int(values['n'])}" if count else ""
+    return f"{values.get(a, float('nan')):.3f}/{values.get(b, float('nan')):.3f}{n}"
 
 
 def _own(metas: dict[int, SnapshotMeta], version: int) -> dict[str, float] | None:
@@ -118,21 +123,28 @@ def list_snapshots(learner: LearnerOption = None) -> None:
         metas = {version: store.meta(version) for version in versions}
     except (UnsafePath, SnapshotError, KeyError, ValueError) as exc:  # a version dir a symlink leads out of
         raise _fail(exc.args[0] if isinstance(exc, KeyError) else exc) from None
-    table = Table(title=f"{store.learner} snapshots ({store.dir})", box=box.SIMPLE_HEAD, pad_edge=False,
-                  title_justify="left")
-    for column in ("version", "parent", "kind", "created (UTC)", "labels (new/total)", "label offsets",
-                   "own prequential", "served, all versions"):
-        table.add_column(column, overflow="fold")
+    classification = "accuracy" in metas[versions[-1]].metrics.get("all", {"accuracy": 0.0})
+    pair = "acc/auc" if classification else "mae/rmse"
+    # 100 columns hold it (measured: 92 wide with a 4-digit label count); narrower, offsets wrap first
+    table = Table(title=f"{store.learner} snapshots ({store.dir})", box=None, padding=(0, 1), title_justify="left",
+                  header_style="bold")
+    table.add_column("version", no_wrap=True)
+    table.add_column("parent", no_wrap=True)
+    table.add_column("created UTC", no_wrap=True)
+    table.add_column("labels", no_wrap=True)
+    table.add_column("offsets")
+    table.add_column(f"own {pair}", no_wrap=True)
+    table.add_column(f"served {pair}", no_wrap=True)
     for version, meta in metas.items():
-        kind = meta.kind if meta.kind != "rollback" else f"rollback from v{meta.rolled_back_from}"
-        table.add_row(f"{version}{' ← serving' if version == versions[-1] else ''}",
-                      "-" if meta.parent is None else str(meta.parent), kind, _when(meta.created_at)[5:],
-                      f"{meta.learned}/{meta.learned_total}", _labels(meta), _headline(_own(metas, version)),
-                      _headline(meta.metrics.get("all")))
+        name = str(version) if meta.kind != "rollback" else f"{version} (rollback of {meta.parent})"
+        table.add_row(f"{name}{' ← serving' if version == versions[-1] else ''}",
+                      "-" if meta.parent is None else str(meta.parent), _when(meta.created_at)[5:],
+                      f"{meta.learned}/{meta.learned_total}", _labels(meta), _cell(_own(metas, version)),
+                      _cell(meta.metrics.get("all"), count=False))
     console.print(table)
-    console.print("own prequential: the predictions this version served, against their labels (evaluated as they "
-                  "arrived, newest snapshot's view; '-' until labels of its predictions came). served, all versions: "
-                  "every prediction evaluated by that snapshot, whichever version served it (v0 = no model yet).",
+    console.print("labels: new since parent/total. own: this version's served predictions against their labels "
+                  "(prequential; '-' until they come). served: every label evaluated up to that snapshot, whichever "
+                  "version served it (v0 = no model yet, 0.5). `learners show N`: log_loss, each version.",
                   highlight=False)
 
 

@@ -94,6 +94,8 @@ def train_demo(
     out: Annotated[Path, typer.Option(help="Model directory to write.")] = DEFAULT_MODEL_DIR,
     seed: int = 7,
     n: Annotated[int, typer.Option(help="Rows of synthetic training data.")] = 20000,
+    version: Annotated[str, typer.Option(help="Version written in the model card (registry versions are "
+                                         "immutable: a retrained model gets a new one).")] = "1",
     force: Annotated[bool, typer.Option(help="Replace a different model written there before (never a served "
                                         "one, never a model.onnx without a card).")] = False,
 ) -> None:
@@ -107,7 +109,7 @@ def train_demo(
     card_path = out / "model_card.json"
     before = card_path.read_bytes() if card_path.is_file() else None
     with user_errors(), console.status("training demo model"):
-        card = train_demo_model(out, seed=seed, n=n, force=force)
+        card = train_demo_model(out, seed=seed, n=n, version=version, force=force)
     what = "unchanged (identical artifacts already there)" if card_path.read_bytes() == before else "trained"
     console.print(f"[green]✓[/] {what}: {card.name}@{card.version} -> {out}  "
                   f"ROC AUC {card.metrics['roc_auc']:.3f}  sha256 {card.onnx_sha256[:12]}")
@@ -222,10 +224,11 @@ def worker(
     web_port: Annotated[int | None, typer.Option(help="Port for /metrics, /healthz, /readyz.")] = None,
 ) -> None:
     """Run a scoring worker until Ctrl-C: consume, validate, score, publish predictions and dead letters."""
+    from models.registry import RegistryError  # heavy (river): the worker loads it anyway
     from streams.worker.app import WorkerStartError, check_web_port, run_worker  # faust: ~1.3 s
 
     s = settings(engine=engine, web_port=web_port)
-    with user_errors(WorkerStartError):
+    with user_errors(WorkerStartError, RegistryError):  # e.g. STREAMSCORE_REGISTRY_MODEL not registered yet
         check_web_port(s)  # before a model is trained (~20 s) or the broker started
         if s.registry_model or s.learner:  # they load what the deployment key signed; no key on Kafka: stop here
             try:

@@ -37,8 +37,17 @@ def _consumer(settings: Settings, topic: str, from_beginning: bool) -> tuple[Con
 def follow(
     settings: Settings, topic: str, from_beginning: bool = True, stop_at_end: bool = False, idle_timeout: float = 0.2
 ) -> Iterator[Message]:
-    """Yield messages of every partition; with ``stop_at_end``, stop once all partitions hit their end."""
+    """Messages of every partition; with ``stop_at_end``, stop once all partitions hit their end.
+
+    The consumer is assigned before this returns (a missing topic raises ``KeyError`` here, not at the first
+    message), so what is produced after the call is read, even when starting at the end.
+    """
     consumer, n_partitions = _consumer(settings, topic, from_beginning)
+    return _follow(consumer, topic, n_partitions, stop_at_end, idle_timeout)
+
+
+def _follow(consumer: Consumer, topic: str, n_partitions: int, stop_at_end: bool, idle_timeout: float
+            ) -> Iterator[Message]:
     at_end: set[int] = set()
     try:
         while True:
