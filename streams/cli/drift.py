@@ -29,6 +29,8 @@ def report(
     limit: Annotated[int, typer.Option(help="--source drift: newest records to chart.")] = 500,
 ) -> None:
     """Write a self-contained HTML report: reference vs current distribution per feature, statistics over time."""
+    if source not in ("drift", "input"):
+        fail(f"--source {source}: accepted: drift, input")
     settings = Settings()
     require_broker(settings)
     try:
