@@ -133,6 +133,8 @@ def render_header(topic: str) -> str:
     where = f"{'p:offset':>8}"
     if topic.startswith("dead"):
         return f"[bold]{where} {'reason':<22} detail  from topic[partition]@offset  original value[/]"
+    if "feature" in topic:
+        return f"[bold]{where} {'event time (UTC)':<23} {'event_id':<22} {'entity':<10} features[/]"
     return (f"[bold]{where} {'event time (UTC)':<23} {'event_id':<22} {'score':>6} {'label':<6} "
             f"{'model@version':<18} {'route':<10} latency = consumed to scored (ms)[/]")
 
@@ -160,6 +162,11 @@ def render(topic: str, msg) -> str:
         return (f"{where} {_time(body.get('event_time')):<23} {body['event_id']:<22} "
                 f"[{colour}]{body['score']:>6.4f}[/] {body['label']:<6} {model:<18} "
                 f"{body.get('route') or '-':<10} {body['latency_ms']:.1f} ms")
+    if "features" in body and "event_id" in body and isinstance(body["features"], dict):  # an input event
+        features = " ".join(f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v!r}"
+                            for k, v in body["features"].items())
+        return (f"{where} {_time(body.get('event_time')):<23} {body['event_id']:<22} "
+                f"{body.get('entity_id', '-'):<10} [dim]{features[:120]}[/]")
     if "reason_code" in body:
         original = base64.b64decode(body.get("original_value") or "")
         return (f"{where} [yellow]{body['reason_code']:<22}[/] {body['reason']}  "
