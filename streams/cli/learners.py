@@ -171,7 +171,10 @@ def show(version: VersionArg, learner: LearnerOption = None,
     if as_json:
         typer.echo(meta.model_dump_json(indent=2))
         return
-    newest = store.meta(store.versions()[-1])
+    try:  # the newest snapshot carries the evaluations of this version's predictions
+        newest = store.meta(store.versions()[-1])
+    except (UnsafePath, SnapshotError, KeyError, ValueError):  # refused or unreadable: this one's own view
+        newest = meta
     console.print(f"{store.learner} v{number}  kind {meta.kind}  parent {meta.parent or '-'}  created "
                   f"{_when(meta.created_at)} UTC  by {meta.worker}", highlight=False)
     console.print(f"  labels learned: {meta.learned} since parent, {meta.learned_total} over its lineage; offsets "
