@@ -487,7 +487,8 @@ if __name__ == "__main__":  # the worker's archiver child process (ArchiverProce
     parser.add_argument("--metrics-port", type=int, help="Serve this process's metrics on 127.0.0.1:PORT.")
     args = parser.parse_args()
     child_settings = Settings()
-    configure_logging(child_settings.log_format)  # the worker's format (text or JSON), on the worker's stdout
+    # the worker's format (text or JSON) and --loglevel (handed down in STREAMS_LOGLEVEL), on the worker's stdout
+    configure_logging(child_settings.log_format, os.environ.get("STREAMS_LOGLEVEL", "INFO").upper())
     if args.metrics_port:
         disable_created_metrics()  # as the worker does (streams/metrics.py): no *_created series to forward
         start_http_server(args.metrics_port, addr="127.0.0.1")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from datastore.catalog import list_manifests, recover
@@ -32,14 +31,14 @@ from datastore.dataset import verify_version as verify_dataset
 from datastore.retention import apply_retention, compact
 from datastore.segment import verify_segment
 from datastore.storage import Storage, StorageNotAvailable, open_storage
-from streams.cli.common import progress_bar
+from streams.cli.common import fail, make_console, progress_bar
 from streams.drift.alerts import parse_data_version
 from streams.settings import Settings
 
 data_app = typer.Typer(help="Archived data: dataset versions (snapshot, list, show, verify, learned), SQL and "
                        "Parquet export, and gc.",
                        no_args_is_help=True)
-console = Console(width=140)
+console = make_console()
 
 
 def _storage(s: Settings | None = None) -> Storage:
@@ -57,13 +56,17 @@ def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-def _ms(text: str | None) -> int | None:
+def _ms(text: str | None, option: str = "--since") -> int | None:
     """Epoch milliseconds, or an ISO-8601 time (UTC when no zone is given)."""
     if text is None:
         return None
     if text.lstrip("-").isdigit():
         return int(text)
-    when = datetime.fromisoformat(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"{option} {text}: accepted: epoch milliseconds (e.g. 1714564800000) or an ISO-8601 time "
+             "(e.g. 2024-05-01T12:00, UTC unless a zone is given)")
     return int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp() * 1000)
 
 
@@ -97,7 +100,7 @@ def data_snapshot(
         topic = topic or sorted({r.topic for r in ranges})
     storage = _storage()
     started = time.perf_counter()
-    selection = Selection(topics=topic, since_ms=_ms(since), until_ms=_ms(until), offsets=ranges)
+    selection = Selection(topics=topic, since_ms=_ms(since), until_ms=_ms(until, "--until"), offsets=ranges)
     version, created = snapshot(storage, selection, description)
     state = "[green]created[/]" if created else "[yellow]exists[/] (same content)"
     console.print(f"{state} dataset version [bold]{version.id}[/]")

@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from streams.cli.common import fail, make_console, require_broker
 from streams.drift.report import read_records, record_from_input, write_report
 from streams.drift.view import summarize_drift
 from streams.settings import Settings
 
 drift_app = typer.Typer(help="Drift monitoring: reports and status of the drift records (docs/drift.md).",
                         no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @drift_app.command("report")
@@ -29,17 +29,19 @@ def report(
     limit: Annotated[int, typer.Option(help="--source drift: newest records to chart.")] = 500,
 ) -> None:
     """Write a self-contained HTML report: reference vs current distribution per feature, statistics over time."""
+    if source not in ("drift", "input"):
+        fail(f"--source {source}: accepted: drift, input")
     settings = Settings()
+    require_broker(settings)
     try:
         if source == "drift":
             records = read_records(settings, limit)
         elif source == "input":
             records = [record_from_input(settings, events)]
         else:
-            raise typer.BadParameter("--source is 'drift' or 'input'")
+            fail(f"--source {source}: accepted: drift, input")
     except (KeyError, ValueError) as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
+        fail(exc.args[0] if isinstance(exc, KeyError) else exc)
     if not records:
         console.print(f"[yellow]no drift records on {settings.drift_topic!r} yet; try --source input[/]")
         raise typer.Exit(1)
@@ -50,5 +52,7 @@ def report(
 @drift_app.command("status")
 def status() -> None:
     """The latest drift record as a table, with the alerts and retrain requests so far."""
-    if summarize_drift(Settings(), console) is None:
+    settings = Settings()
+    require_broker(settings)
+    if summarize_drift(settings, console) is None:
         raise typer.Exit(1)

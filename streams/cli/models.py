@@ -20,7 +20,6 @@ from typing import Annotated, Any
 import orjson
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -29,6 +28,8 @@ from models.registry import CHAMPION, ModelRegistry, RegistryError, RegistryReco
 from models.signing import SigningKeyError
 from models.store_paths import UnsafePath, confined
 from schemas.codecs import InvalidEvent, decode_feature_event
+from schemas.model_refs import ModelRef, ModelRefError, parse_model_ref
+from streams.cli.common import make_console, require_broker
 from streams.cli.produce import read_jsonl
 from streams.kafka import clients
 from streams.kafka.broker import ensure_broker
@@ -36,7 +37,7 @@ from streams.settings import Settings
 
 models_app = typer.Typer(help="Model registry: versions, aliases, rollback, routing policies, diff.",
                          no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 def _one_line(message: object) -> str:
@@ -82,8 +83,8 @@ def _registry(publish: bool = True, name: str | None = None, *refs: str | None) 
         raise _fail(exc) from None
     _confine(s, name, *refs)
     if publish:
-
         ensure_broker(s)
+        require_broker(s)  # an unreachable broker: one line with the fix, in ~3 s, not librdkafka's retries
         ensure_registry_topic(s)
     return _run(lambda: registry_for(s, publish=publish))
 
@@ -94,8 +95,9 @@ def _run(action: Any) -> Any:
 
     try:
         return action()
-    except (RegistryError, ValidationError, FileNotFoundError, ValueError, ModelIntegrityError, SnapshotError) as exc:
-        # (UnsafePath and SigningKeyError are ValueErrors)
+    except (RegistryError, ValidationError, FileNotFoundError, ValueError, ModelIntegrityError, SnapshotError,
+            ModelRefError) as exc:
+        # (UnsafePath, SigningKeyError and ModelRefError are ValueErrors)
         raise _fail(exc) from None
 
 
@@ -129,15 +131,29 @@ def list_models(name: Annotated[str | None, typer.Argument(help="One model; all 
     console.print(table if names else "registry is empty: `streamscore models register DIR`")
 
 
+def _ref(name: str, ref: str | None = None) -> ModelRef:
+    """``NAME [REF]`` or one reference (models:/NAME/VERSION, models:/NAME@ALIAS, NAME@REF): exit 2 when neither."""
+    return _run(lambda: parse_model_ref(name, ref))
+
+
 @models_app.command()
-def show(name: str, ref: Annotated[str, typer.Argument(help="Version or alias.")] = CHAMPION) -> None:
+def show(
+    name: Annotated[str, typer.Argument(help="Model name, or a reference: models:/NAME/VERSION, "
+                                        "models:/NAME@ALIAS, NAME@REF.")],
+    ref: Annotated[str | None, typer.Argument(help="Version or alias (default: the champion).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Only the version, as JSON (for jq).")] = False,
+) -> None:
     """One version in full (JSON) and the history of its model's aliases."""
-    registry = _registry(False, name, ref)
-    state = _run(lambda: registry.state.model(name))
-    mv = _run(lambda: state.resolve(ref))
+    mref = _ref(name, ref)
+    registry = _registry(False, mref.name, mref.target)
+    state = _run(lambda: registry.state.model(mref.name))
+    mv = _run(lambda: state.resolve(mref))
+    if as_json:
+        typer.echo(mv.model_dump_json(indent=2))  # not rich: pure JSON, whatever the terminal
+        return
     console.print_json(mv.model_dump_json())
     for alias, history in state.alias_history.items():
-        console.print(f"{alias}: {' -> '.join(history)}")
+        console.print(f"{alias}: {' -> '.join(history)}", highlight=False)
 
 
 @models_app.command()
@@ -189,11 +205,17 @@ def compose(
 
 
 @models_app.command()
-def promote(name: str, version: str,
+def promote(name: Annotated[str, typer.Argument(help="Model name, or a reference: models:/NAME/VERSION, "
+                                                "models:/NAME@ALIAS, NAME@VERSION.")],
+            version: Annotated[str | None, typer.Argument(help="Version or alias (omit with a reference).")] = None,
             alias: Annotated[str, typer.Option(help="Alias to move.")] = CHAMPION) -> None:
     """Make VERSION the champion (or --alias): running workers swap to it within seconds."""
-    registry = _registry(True, name, version, alias)
-    _done(_run(lambda: registry.promote(name, version, alias)))
+    mref = _ref(name, version)
+    if not mref.pinned:
+        raise _fail(f"promote {name}: which version? give NAME VERSION, or models:/NAME/VERSION or "
+                    "models:/NAME@ALIAS")
+    registry = _registry(True, mref.name, mref.target, alias)
+    _done(_run(lambda: registry.promote(str(mref), None, alias)))
 
 
 @models_app.command()
@@ -313,9 +335,9 @@ def _events_from_dataset(s: Settings, ref: str) -> list[dict]:
 
 @models_app.command()
 def diff(
-    name: str,
-    a: Annotated[str, typer.Argument(help="Version or alias, e.g. champion.")],
-    b: Annotated[str, typer.Argument(help="Version or alias, e.g. challenger.")],
+    versions: Annotated[list[str], typer.Argument(help="NAME A B (versions or aliases of NAME, e.g. demo-risk "
+                                                  "champion challenger), or two references (models:/NAME/VERSION, "
+                                                  "models:/NAME@ALIAS).", show_default=False)],
     data: Annotated[str | None, typer.Option(help="A JSON-lines file of feature events, or a dataset version id "
                                              "(streamscore data ...).")] = None,
     topic: Annotated[str | None, typer.Option(help="Read the newest --last messages of this input topic.")] = None,
@@ -324,23 +346,27 @@ def diff(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Score the same data with two versions: label agreement, mean/max score difference, rows that differ most."""
-    from models.registry_diff import diff_scores  # heavy: river + pandas, ~0.7 s
+    from models.registry_diff import diff_scores, version_pair  # heavy: river + pandas, ~0.7 s
 
     if (data is None) == (topic is None):
         raise _fail("give exactly one of --data (file or dataset version) and --topic")
     s = Settings()
-    registry = _registry(False, name, a, b)
-    scorer_a = _run(lambda: registry.load_scorer(name, a))
-    scorer_b = _run(lambda: registry.load_scorer(name, b))
+    ref_a, ref_b = _run(lambda: version_pair(versions))
+    a, b = ref_a.target, ref_b.target
+    registry = _registry(False, ref_a.name, a)
+    _confine(s, ref_b.name, b)
+    scorer_a = _run(lambda: registry.load_scorer(ref_a))
+    scorer_b = _run(lambda: registry.load_scorer(ref_b))
     if topic is not None:
+        require_broker(s)
         events = _run(lambda: _events_from_topic(s, topic, last))
     elif Path(data).is_file():
-        events = list(read_jsonl(Path(data)))
+        events = _run(lambda: list(read_jsonl(Path(data))))
     else:
         events = _run(lambda: _events_from_dataset(s, data))
     report = _run(lambda: diff_scores(scorer_a, scorer_b, events, top=top))
     if as_json:
-        console.print_json(data=report.as_dict())
+        typer.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())  # pure JSON, for jq
         return
     console.print(f"{report.a} vs {report.b} on {report.n} rows ({report.skipped} skipped): label agreement "
                   f"[bold]{report.agreement:.2%}[/], |score diff| mean {report.mean_abs_diff:.4f} max "

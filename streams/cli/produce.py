@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import orjson
+from pydantic import ValidationError
 
 from schemas.codecs import encode_feature_event
 from schemas.records import FeatureEvent
@@ -19,13 +20,34 @@ from streams.settings import Settings
 KeyedPayload = tuple[bytes | None, bytes]
 
 
+FORMATS = ("json", "avro")
+
+
 def encode_events(events: Iterable[dict], fmt: str = "json") -> Iterator[KeyedPayload]:
-    for event in events:
+    """Keyed payloads; ``ValueError`` (one line, with the event's position) for an unknown format or an event that
+    cannot be encoded (no event_id; for Avro, anything the schema refuses)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt}: accepted: {', '.join(FORMATS)}")
+    for number, event in enumerate(events, start=1):
+        if "event_id" not in event:
+            raise ValueError(f"event {number}: no event_id (every event is keyed by it)")
         key = str(event["event_id"]).encode()
         if fmt == "json":
             yield key, orjson.dumps(event)
-        else:
+            continue
+        try:
             yield key, encode_feature_event(FeatureEvent.model_validate(event), "avro")
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"event {number} ({key.decode()}): field {where!r}: {first['msg']} (Avro needs a "
+                             "valid FeatureEvent)") from None
+
+
+def fresh_seed() -> int:
+    """A seed no earlier run used (to the millisecond): sample ids are ``evt-<seed>-<i>``, so a run with the
+    default seed never re-sends the event ids of the one before."""
+    return time.time_ns() // 1_000_000 % 10**10
 
 
 def stamped_now(events: Iterable[dict]) -> Iterator[dict]:
@@ -35,10 +57,24 @@ def stamped_now(events: Iterable[dict]) -> Iterator[dict]:
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
-    with path.open("rb") as fh:
-        for line in fh:
-            if line.strip():
-                yield orjson.loads(line)
+    """The JSON objects of a JSON-lines file; ``ValueError`` naming the file and the 1-based line of a bad line
+    (each line is parsed alone, so orjson's own "line 1" would always be wrong)."""
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc} (give a JSON-lines file: one JSON object a line)") from None
+    with fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc.msg}): {line[:60].decode(errors='replace')!r}"
+                                 ) from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{number}: a JSON {type(obj).__name__}, expected one object a line")
+            yield obj
 
 
 def bad_payloads(feature_names: Iterable[str], tag: str = "0") -> list[tuple[str, KeyedPayload]]:
@@ -125,3 +161,39 @@ def produce(
     for delivery in deliveries:
         delivery.raise_for_errors()
     return sent
+
+
+# --- labels ------------------------------------------------------------------------------------
+def true_label(event: FeatureEvent) -> int:
+    """The demo's ground truth for one event: a Bernoulli draw from ``models.demo.risk_probability`` of its
+    features, with a generator seeded by the event id (so the same event always gets the same label, whichever
+    run or file it came from; over many events the labels follow the demo's concept exactly)."""
+    import hashlib  # stdlib; only the label producer uses it
+
+    import numpy as np  # heavy (~0.1 s): only `produce --labels` uses it
+
+    from models.demo import FEATURE_NAMES, risk_probability
+
+    x = np.array([[float(event.features[name]) for name in FEATURE_NAMES]])
+    seed = int.from_bytes(hashlib.sha256(event.event_id.encode()).digest()[:8], "big")
+    return int(np.random.default_rng(seed).random() < risk_probability(x)[0])
+
+
+def label_payloads(events: Iterable[FeatureEvent], *, delay_ms: int = 0, noise: float = 0.0,
+                   seed: int | None = None) -> Iterator[KeyedPayload]:
+    """One JSON label per event (schemas/label.avsc), class names as the demo model's; each label flipped with
+    probability ``noise``, and sent no earlier than ``delay_ms`` after its event time (labels come late)."""
+    import random  # stdlib; only the label producer uses it
+
+    from models.demo import CLASS_NAMES
+
+    flip = random.Random(seed)
+    for event in sorted(events, key=lambda e: e.event_time):
+        wait_s = (event.event_time + delay_ms) / 1000 - time.time()
+        if delay_ms and wait_s > 0:
+            time.sleep(wait_s)
+        label = true_label(event)
+        if noise and flip.random() < noise:
+            label = 1 - label
+        yield event.event_id.encode(), orjson.dumps({"event_id": event.event_id, "label": CLASS_NAMES[label],
+                                                     "label_time": time.time_ns() // 1_000_000})

@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.settings import KafkaSettings
 
-__all__ = ["admin", "admin_at", "consumer", "consumer_config", "producer", "records", "standalone_consumer",
+__all__ = ["admin", "admin_at", "consumer", "consumer_config", "producer", "quiet", "records", "standalone_consumer",
            "standalone_consumer_config"]
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,55 @@ log = logging.getLogger(__name__)
 Config = dict[str, str | int | bool | float]
 
 
+class _OncePerFacility(logging.Filter):
+    """Lets through one librdkafka line per facility (FAIL, REQTMOUT, ...) and ``interval_s``; counts the rest.
+
+    librdkafka logs every failed connect of every client: ~200 lines for one `tail` against a stopped broker.
+    """
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        facility = str(record.args[0]) if isinstance(record.args, tuple) and record.args else record.msg
+        now = time.monotonic()
+        last, repeats = self._last.get(facility, (float("-inf"), 0))
+        if now - last < self.interval_s:
+            self._last[facility] = (last, repeats + 1)
+            return False
+        self._last[facility] = (now, 0)
+        if repeats:
+            record.msg = f"{record.msg} (and {repeats} more like it)"
+        return True
+
+
+_rdkafka_log: logging.Logger | None = None
+
+
+def quiet(interval_s: float = 60.0) -> None:
+    """From now on, every client of this process sends librdkafka's log to the ``librdkafka`` logger, one line per
+    facility and ``interval_s`` (the command line calls this; a worker keeps librdkafka's own logging)."""
+    global _rdkafka_log
+    if _rdkafka_log is None:
+        _rdkafka_log = logging.getLogger("librdkafka")
+        _rdkafka_log.addFilter(_OncePerFacility(interval_s))
+
+
+def _base(kafka: KafkaSettings) -> Config:
+    conf: Config = dict(kafka.kafka_client_config())
+    if _rdkafka_log is not None:
+        conf["logger"] = _rdkafka_log  # type: ignore[assignment]
+    return conf
+
+
 def consumer_config(kafka: KafkaSettings, group_id: str, *, background: bool = False, **overrides: object) -> Config:
     """A group member that commits by hand; ``background`` lanes (drift, archive, feedback) fetch with longer
     waits, since latency is not their concern (``Settings.background_fetch_wait_ms``)."""
     conf: Config = kafka.group_consumer_config(group_id)
+    if _rdkafka_log is not None:
+        conf["logger"] = _rdkafka_log  # type: ignore[assignment]
     if background:
         conf["fetch.wait.max.ms"] = kafka.background_fetch_wait_ms
     conf.update(overrides)  # type: ignore[arg-type]
@@ -47,7 +92,7 @@ def standalone_consumer_config(kafka: KafkaSettings, name: str, **overrides: obj
     """A consumer that is assigned partitions directly: never joins ``name`` (required by librdkafka), never
     commits, and reports the end of each partition."""
     conf: Config = {
-        **kafka.kafka_client_config(),
+        **_base(kafka),
         "group.id": name,
         "enable.auto.commit": False,
         "enable.partition.eof": True,
@@ -68,7 +113,7 @@ def standalone_consumer(kafka: KafkaSettings, name: str, **overrides: object) ->
 def producer(kafka: KafkaSettings, **overrides: object) -> Producer:
     """A producer for outputs: acks=all, idempotent where the broker makes that cheap, lz4, short linger."""
     conf: Config = {
-        **kafka.kafka_client_config(),
+        **_base(kafka),
         "linger.ms": 2,  # latency-bounded batching: a few ms buys big produce batches
         "acks": "all",
         # retries inside librdkafka never duplicate or reorder (see Settings.idempotent_producer)
@@ -81,7 +126,7 @@ def producer(kafka: KafkaSettings, **overrides: object) -> Producer:
 
 
 def admin(kafka: KafkaSettings) -> AdminClient:
-    return AdminClient(kafka.kafka_client_config())
+    return AdminClient(_base(kafka))
 
 
 def admin_at(address: str) -> AdminClient:
