@@ -116,7 +116,6 @@ def to_source(m: Message) -> SourceRecord:
 
 class ArchiveLane(BackgroundThread):
     """Consumes into an ``Archive`` on its own thread and commits what is sealed (see the module docstring)."""
-
     poll_records = 1000
     thread_name = "archive-lane"
     stop_timeout_s = 30.0  # sealing the open segments on the way out takes a moment
@@ -258,7 +257,6 @@ def housekeeping(storage: Storage, s: Settings) -> None:
 
 class ArchiveService(Service):
     """Recovers the store, runs the lane, applies retention now and then; seals and commits on stop."""
-
     retention_every_s = 300.0
 
     def __init__(self, settings: Settings, storage: Storage, **kwargs: object) -> None:
@@ -392,7 +390,6 @@ class ChildMetrics(Collector):
 
 class ArchiverProcess(Service):
     """Runs ``python -m streams.archive.lane`` beside the worker, restarts it if it dies, stops it gracefully."""
-
     restart_delay_s = 2.0
 
     def __init__(self, settings: Settings, **kwargs: object) -> None:

@@ -47,7 +47,7 @@ from streams.kafka.broker import BrokerError, EmbeddedBrokerMissing, ensure_brok
 from streams.kafka.reader import follow as follow_topic
 from streams.kafka.reader import read_all
 from streams.kafka.topics import ensure_topics
-from streams.settings import unknown_env_names
+from streams.settings import settings_error_line, unknown_env_names
 
 app = typer.Typer(help="Kafka-native streaming inference: score event streams with ONNX and River models.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -353,7 +353,6 @@ def main() -> None:
     except ValidationError as exc:
         if _debug:
             raise
-        from streams.settings import settings_error_line
 
         line = settings_error_line(exc) if is_settings_error(exc) else " ".join(str(exc).split())[:300]
         typer.echo(f"error: {line}", err=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
+from models.demo import CLASS_NAMES, FEATURE_NAMES, risk_probability
 from schemas.codecs import encode_feature_event
 from schemas.records import FeatureEvent
 from streams.kafka.publisher import Outbound, Publisher
@@ -172,7 +173,6 @@ def true_label(event: FeatureEvent) -> int:
 
     import numpy as np  # heavy (~0.1 s): only `produce --labels` uses it
 
-    from models.demo import FEATURE_NAMES, risk_probability
 
     x = np.array([[float(event.features[name]) for name in FEATURE_NAMES]])
     seed = int.from_bytes(hashlib.sha256(event.event_id.encode()).digest()[:8], "big")
@@ -185,7 +185,6 @@ def label_payloads(events: Iterable[FeatureEvent], *, delay_ms: int = 0, noise: 
     probability ``noise``, and sent no earlier than ``delay_ms`` after its event time (labels come late)."""
     import random  # stdlib; only the label producer uses it
 
-    from models.demo import CLASS_NAMES
 
     flip = random.Random(seed)
     for event in sorted(events, key=lambda e: e.event_time):

@@ -136,7 +136,6 @@ def admin_at(address: str) -> AdminClient:
 
 class _ErrorLog:
     """Logs each kind of consume error at most once per ``interval_s`` (with how often it repeated)."""
-
     def __init__(self, interval_s: float = 60.0) -> None:
         self.interval_s = interval_s
         self._last: dict[tuple[str, int], tuple[float, int]] = {}

@@ -34,7 +34,6 @@ class _Transport(driver.Transport):
 
 class StreamscoreApp(faust.App):
     """A Faust app whose consumer uses ``fetch_max_wait_ms`` instead of Faust's fixed 1500 ms."""
-
     def __init__(self, *args: Any, fetch_max_wait_ms: int = 500, **kwargs: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         super().__init__(*args, **kwargs)
