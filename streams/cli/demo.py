@@ -346,9 +346,9 @@ def run_closed_loop(settings: Settings, console: Console) -> int:
     from streams.routing.watcher import ensure_registry_topic, registry_for
     from streams.worker.app import check_web_port
 
+    t0 = time.monotonic()
     check_web_port(settings)
     model_dir = ensure_demo_model(settings)
-    t0 = time.monotonic()
     run = time.strftime("%Y%m%d-%H%M%S")
     s = loop_settings(settings.model_copy(update={"model_dir": model_dir}), run)
     s.state_dir.mkdir(parents=True, exist_ok=True)
@@ -390,7 +390,8 @@ def run_closed_loop(settings: Settings, console: Console) -> int:
                 console.print(f"[green]✓[/] {name} stopped (exit {rc})" if rc == 0 else
                               f"[yellow]{name} stopped with exit code {rc}[/] (log {_log})")
     console.print(f"closed loop in {time.monotonic() - t0:.1f} s; the broker keeps running. The steps again:\n"
-                  f"  STREAMSCORE_RETRAIN_LIFECYCLE_TOPIC=lifecycle-{run} streamscore retrain log", highlight=False)
+                  f"  STREAMSCORE_RETRAIN_LIFECYCLE_TOPIC=lifecycle-{run} streamscore retrain log", highlight=False,
+                  soft_wrap=True)
     return code
 
 
