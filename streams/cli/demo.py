@@ -350,10 +350,10 @@ def run_closed_loop(settings: Settings, console: Console) -> int:
     check_web_port(settings)
     model_dir = ensure_demo_model(settings)
     run = time.strftime("%Y%m%d-%H%M%S")
+    with console.status("starting broker"):  # the user's state dir: `streamscore broker down` finds its pid file
+        servers = ensure_broker(settings)
     s = loop_settings(settings.model_copy(update={"model_dir": model_dir}), run)
     s.state_dir.mkdir(parents=True, exist_ok=True)
-    with console.status("starting broker"):
-        servers = ensure_broker(s)
     console.print(f"[green]✓[/] broker at {servers} ({'embedded Tansu, memory-only' if s.is_embedded else 'Kafka'}); "
                   f"run {run}: topics *-{run}, state {s.state_dir}")
     ensure_topics(s, [s.labels_topic, s.shadow_topic, s.retrain_topic, s.retrain_lifecycle_topic,

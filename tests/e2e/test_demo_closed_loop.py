@@ -41,9 +41,10 @@ def test_closed_loop_demo_shows_every_step_and_counts_every_event_once(tmp_path:
     try:
         run = subprocess.run([sys.executable, "-m", "streams.cli.main", "demo", "--closed-loop"], env=env,
                              capture_output=True, text=True, timeout=180)
-    finally:
-        subprocess.run([sys.executable, "-m", "streams.cli.main", "broker", "down"], env=env, capture_output=True,
-                       timeout=60)
+    finally:  # the demo leaves its broker running, as it says; its pid file is in the state dir given
+        down = subprocess.run([sys.executable, "-m", "streams.cli.main", "broker", "down"], env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert "not running" not in down.stdout + down.stderr, down
     took = time.monotonic() - started
     out = run.stdout
     logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in state.glob("closed-loop/*/*.log"))
