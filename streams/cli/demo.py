@@ -262,10 +262,11 @@ class StepPrinter:
     """Tails the alerts, retrain-request and lifecycle topics of the run and prints one line per step as it
     arrives, with the time since the demo started; keeps the lifecycle events for the main thread to wait on."""
 
-    def __init__(self, settings: Settings, console: Console, t0: float) -> None:
+    def __init__(self, settings: Settings, console: Console, t0: float,
+                 children: dict[str, tuple[subprocess.Popen, Path]]) -> None:
         import threading  # only the closed-loop demo tails in the background
 
-        self.s, self.console, self.t0 = settings, console, t0
+        self.s, self.console, self.t0, self.children = settings, console, t0, children
         self.lifecycle: list = []
         self.alerts: list[dict] = []
         self._stop = threading.Event()
@@ -284,6 +285,24 @@ class StepPrinter:
 
     def stage(self, name: str):
         return next((e for e in list(self.lifecycle) if e.stage == name), None)
+
+    def check_children(self) -> None:
+        """A child that exited stops the demo at once with its exit code and last log line (not after a wait)."""
+        for name, (proc, log_path) in self.children.items():
+            if proc.poll() is not None:
+                lines = [x.strip() for x in log_path.read_text(errors="replace").splitlines() if x.strip()]
+                raise LoopStopped(f"the {name} process exited with code {proc.returncode}: "
+                                  f"{lines[-1] if lines else 'no output'} (log {log_path})")
+
+    def until(self, what: str, predicate, timeout: float = LOOP_WAIT_S):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_children()
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise LoopStopped(f"no {what} within {timeout:.0f} s (logs in {self.s.state_dir})")
 
     def _run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -380,7 +399,7 @@ def run_closed_loop(settings: Settings, console: Console) -> int:
                 fail(message)
             typer.echo(f"error: {message}", err=True)
             return 1
-        with StepPrinter(s, console, t0) as steps:
+        with StepPrinter(s, console, t0, children) as steps:
             steps.say(f"worker ready on :{s.web_port}")
             code = _loop_steps(s, console, steps, concept_labels)
     finally:
@@ -412,14 +431,8 @@ def _drift_status(port: int) -> dict:
         return orjson.loads(resp.read())
 
 
-def _until(what: str, predicate, timeout: float = LOOP_WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"no {what} within {timeout:.0f} s")
+class LoopStopped(Exception):
+    """The closed-loop demo cannot go on: a step did not come in time, or a child process exited."""
 
 
 def _loop_steps(s: Settings, console: Console, steps: StepPrinter, concept_labels) -> int:
@@ -434,17 +447,18 @@ def _loop_steps(s: Settings, console: Console, steps: StepPrinter, concept_label
         produce(s, topic, encode_events(stamped_now(before)))
         produce(s, s.labels_topic, _labels(before, concept_labels(np.random.default_rng(seed), _matrix(before))))
         steps.say(f"produced {LOOP_BEFORE} events + their labels (rule: the demo model's own)")
-        _until("judgement of the labels", lambda: (_drift_status(s.web_port)["labels_evaluated"] or 0) >= LOOP_BEFORE)
+        steps.until("judgement of the labels",
+                    lambda: (_drift_status(s.web_port)["labels_evaluated"] or 0) >= LOOP_BEFORE)
         steps.say(f"drift lane judged {LOOP_BEFORE} labels: no alert (champion matches the rule)")
 
         produce(s, topic, encode_events(stamped_now(after)))
-        _until("post-change inputs in the drift window",
+        steps.until("post-change inputs in the drift window",
                lambda: (_drift_status(s.web_port)["messages_evaluated"] or 0) >= LOOP_BEFORE + LOOP_AFTER)
         changed = concept_labels(np.random.default_rng(seed + 1), _matrix(after), changed_from=0)
         produce(s, s.labels_topic, _labels(after, changed))
         steps.say(f"[bold]concept change[/]: {LOOP_AFTER} more events, labelled by a new rule "
                   "(device_score's effect reversed)")
-        _until("challenger in shadow", lambda: steps.stage("shadow_started") or steps.stage("rejected"))
+        steps.until("challenger in shadow", lambda: steps.stage("shadow_started") or steps.stage("rejected"))
         if steps.stage("rejected") is not None:
             return 1
 
@@ -455,6 +469,7 @@ def _loop_steps(s: Settings, console: Console, steps: StepPrinter, concept_label
         sent, deadline = 0, time.monotonic() + LOOP_WAIT_S
         while (steps.stage("promoted") is None and steps.stage("rejected") is None and sent < len(stream) - 300
                and time.monotonic() < deadline):
+            steps.check_children()
             produce(s, topic, encode_events(stamped_now(stream[sent:sent + LOOP_STEP])))
             sent += LOOP_STEP
             time.sleep(0.3)
@@ -471,9 +486,9 @@ def _loop_steps(s: Settings, console: Console, steps: StepPrinter, concept_label
             preds = [orjson.loads(m.value()) for m in read_all(s, s.prediction_topic)]
             return preds if wanted <= {p["event_id"] for p in preds} else []
 
-        preds = _until("every event scored", scored, timeout=60)
-    except TimeoutError as exc:
-        steps.say(f"[red]stopped: {exc}[/] (logs in {s.state_dir})")
+        preds = steps.until("every event scored", scored, timeout=60)
+    except LoopStopped as exc:
+        steps.say(f"[red]stopped: {exc}[/]")
         return 1
     steps.say(f"every one of the {len(wanted)} events scored")
     ours = [p for p in preds if p["event_id"] in wanted]
