@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv chromium promtool demo test test-unit bench lint clean
+.PHONY: venv chromium promtool demo demo-loop test test-unit bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -13,8 +13,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)             ## create .venv and install the project (only when needed)
 
-demo: venv                 ## embedded broker + worker + producer; shows predictions and dead letters
+# ~30 s each on 2 busy cores: the scoring demo, then the closed loop (issue 14: alert → retrain → shadow → promotion)
+demo: venv                 ## embedded broker + worker + producer; predictions, dead letters, drift; then the closed loop
 	$(VENV)/bin/streamscore demo
+	$(VENV)/bin/streamscore demo --closed-loop
+
+demo-loop: venv            ## only the closed loop: concept change → alert → retrain → shadow → gate → promotion
+	$(VENV)/bin/streamscore demo --closed-loop
 
 # The status-page test (tests/e2e/test_status_page.py) renders the worker's page in headless Debian chromium.
 # Installed only when missing, and only as root with apt-get (CI runs as root); anywhere else this says how,

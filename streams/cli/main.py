@@ -35,7 +35,7 @@ from streams.cli.common import (
     user_errors,
 )
 from streams.cli.data import data_app, lineage, replay
-from streams.cli.demo import run_demo
+from streams.cli.demo import run_closed_loop, run_demo
 from streams.cli.drift import drift_app
 from streams.cli.learners import learners_app
 from streams.cli.models import models_app
@@ -297,12 +297,17 @@ def demo(
     engine: Annotated[str, typer.Option(help="faust or batch.")] = "faust",
     drift_events: Annotated[int, typer.Option(help="Shifted events sent after scoring, until the drift monitor "
                                               "alerts (0: skip the drift part).")] = 1000,
+    closed_loop: Annotated[bool, typer.Option("--closed-loop", help="Instead: the closed loop, a concept change → "
+                                              "alert → retrain → shadow → gate → promotion (~1 min).")] = False,
 ) -> None:
     """Broker + model + worker + producer: score sample events, show predictions, dead letters and drift."""
     from streams.worker.app import WorkerStartError  # heavy: faust + onnxruntime, ~1.3 s: only this command needs it
 
     with user_errors(WorkerStartError):
-        code = run_demo(settings(engine=engine), events, console, drift_events)
+        if closed_loop:
+            code = run_closed_loop(settings(engine=engine), console)
+        else:
+            code = run_demo(settings(engine=engine), events, console, drift_events)
     raise typer.Exit(code)
 
 
