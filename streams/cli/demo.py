@@ -19,8 +19,9 @@ from models.demo import FEATURE_NAMES, sample_events
 from streams.cli.common import ensure_demo_model, fail, progress_bar, render
 from streams.cli.produce import bad_avro_payloads, bad_payloads, encode_events, produce, stamped_now
 from streams.drift.view import summarize_drift
+from streams.kafka import clients
 from streams.kafka.broker import ensure_broker
-from streams.kafka.reader import wait_for
+from streams.kafka.reader import read_all, wait_for
 from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
 
@@ -307,8 +308,7 @@ class StepPrinter:
     def _run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-        from streams.kafka import clients
-        from streams.retrain.lifecycle import decode
+        from streams.retrain.lifecycle import decode  # heavy: keeps `streamscore --help` fast
 
         s = self.s
         consumer = clients.standalone_consumer(s.kafka, "streamscore-demo", **{"fetch.wait.max.ms": 50})
@@ -360,10 +360,10 @@ def run_closed_loop(settings: Settings, console: Console) -> int:
     """The closed loop end to end on one machine: a concept change in the labels → ADWIN alert → retrain
     request → candidate trained on post-change data → shadow → gate → promotion, predictions switch to v2."""
     from models.card import ModelCard  # the loop's heavy parts (registry, card, drift simulation): only here
-    from streams.drift.lane import drift_topics
-    from streams.drift.sim import concept_labels
-    from streams.routing.watcher import ensure_registry_topic, registry_for
-    from streams.worker.app import check_web_port
+    from streams.drift.lane import drift_topics  # heavy: scipy + onnxruntime, ~1 s: only this command needs it
+    from streams.drift.sim import concept_labels  # heavy: scipy + onnxruntime, ~1 s: only this command needs it
+    from streams.routing.watcher import ensure_registry_topic, registry_for  # heavy: the retrain service
+    from streams.worker.app import check_web_port  # heavy: faust + onnxruntime, ~1.3 s: only this command needs it
 
     t0 = time.monotonic()
     check_web_port(settings)
@@ -437,8 +437,6 @@ class LoopStopped(Exception):
 
 def _loop_steps(s: Settings, console: Console, steps: StepPrinter, concept_labels) -> int:
     """Produce, change the labelling rule, keep producing; wait on the lifecycle; count and show the outcome."""
-    from streams.kafka.reader import read_all
-
     topic = topic_of(s, "json")
     seed = int(time.time()) % 1_000_000
     batches = [sample_events(seed + k, n) for k, n in enumerate((LOOP_BEFORE, LOOP_AFTER, LOOP_GATE, 3000))]
