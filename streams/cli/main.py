@@ -110,10 +110,11 @@ def worker(
     web_port: Annotated[int | None, typer.Option(help="Port for /metrics, /healthz, /readyz.")] = None,
 ) -> None:
     """Run a scoring worker until Ctrl-C: consume, validate, score, publish predictions and dead letters."""
+    from streams.scoring.tracing import OtlpUnavailable
     from streams.worker.app import WorkerStartError, check_web_port, run_worker  # faust: ~1.3 s
 
     s = settings(engine=engine, web_port=web_port)
-    with user_errors(WorkerStartError):
+    with user_errors(WorkerStartError, OtlpUnavailable):
         check_web_port(s)  # before a model is trained (~20 s) or the broker started
         if s.registry_model or s.learner:  # they load what the deployment key signed; no key on Kafka: stop here
             try:
