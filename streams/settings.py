@@ -120,7 +120,8 @@ class Settings(BaseSettings):
     # --- tracing (docs/operations.md, "Tracing") ----------------------------------------------------------
     otel_exporter_otlp_endpoint: str | None = Field(
         None, description="OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces). Set: a span per "
-        "traced event is recorded and exported; unset: outputs still carry a child traceparent, nothing is recorded.",
+        "sampled traced event is recorded and exported (needs the otel extra); unset: outputs still carry a child "
+        "traceparent, nothing is recorded.",
     )
 
     # --- worker ------------------------------------------------------------------------------

@@ -110,12 +110,14 @@ def worker(
     web_port: Annotated[int | None, typer.Option(help="Port for /metrics, /healthz, /readyz.")] = None,
 ) -> None:
     """Run a scoring worker until Ctrl-C: consume, validate, score, publish predictions and dead letters."""
-    from streams.scoring.tracing import OtlpUnavailable
+    from streams.scoring.tracing import OtlpUnavailable, require_otlp
     from streams.worker.app import WorkerStartError, check_web_port, run_worker  # faust: ~1.3 s
 
     s = settings(engine=engine, web_port=web_port)
     with user_errors(WorkerStartError, OtlpUnavailable):
         check_web_port(s)  # before a model is trained (~20 s) or the broker started
+        if s.otel_exporter_otlp_endpoint is not None:
+            require_otlp()  # as early: a missing exporter is one line, not a worker that dies after starting
         if s.registry_model or s.learner:  # they load what the deployment key signed; no key on Kafka: stop here
             try:
                 s.signing_key_bytes()

@@ -40,7 +40,7 @@ from typing import Any
 
 from streams.kafka.publisher import Headers
 
-__all__ = ["OtlpUnavailable", "Tracing", "child_traceparent", "configure_otlp", "parse_traceparent"]
+__all__ = ["OtlpUnavailable", "Tracing", "child_traceparent", "configure_otlp", "parse_traceparent", "require_otlp"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,17 @@ def span_attributes(topic: str, partition: int, offset: int, model: str, version
             "streamscore.model_version": version, "streamscore.route": route}
 
 
+def require_otlp() -> None:
+    """Raise ``OtlpUnavailable`` (one line) unless the OpenTelemetry SDK and its OTLP/HTTP exporter import."""
+    # Function-local: the SDK and the exporter are only needed with export on (~120 ms of imports).
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError as e:
+        raise OtlpUnavailable(f"STREAMSCORE_OTEL_EXPORTER_OTLP_ENDPOINT is set but {e.name or 'OpenTelemetry'} is not "
+                              "installed; accepted: pip install 'streamscore[otel]', or unset the endpoint") from None
+
+
 def configure_otlp(endpoint: str | None, service_name: str = "streamscore", *,
                    processors: Sequence[Any] = ()) -> Tracing:
     """``Tracing`` for a worker: span contexts only when ``endpoint`` is None, else real spans exported over
@@ -150,24 +161,18 @@ def configure_otlp(endpoint: str | None, service_name: str = "streamscore", *,
     """
     if endpoint is None and not processors:
         return Tracing()
-    # Function-local: the SDK and the exporter are only needed with export on (~120 ms of imports).
-    try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as e:
-        raise OtlpUnavailable(f"STREAMSCORE_OTEL_EXPORTER_OTLP_ENDPOINT is set but the OpenTelemetry SDK is not "
-                              f"installed ({e.name}); pip install opentelemetry-sdk "
-                              f"opentelemetry-exporter-otlp-proto-http") from None
+    if endpoint is not None:
+        require_otlp()
+    from opentelemetry.sdk.resources import Resource  # heavy, optional: as in require_otlp
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     for processor in processors:
         provider.add_span_processor(processor)
     if endpoint is not None:
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            raise OtlpUnavailable("STREAMSCORE_OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not "
-                                  "installed; pip install opentelemetry-exporter-otlp-proto-http") from None
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    log.info("tracing: a span per traced event%s", f", exported to {endpoint}" if endpoint else "")
+    log.info("tracing: a span per sampled traced event%s", f", exported to {endpoint}" if endpoint else "")
     return Tracing(provider.get_tracer("streamscore"), provider)

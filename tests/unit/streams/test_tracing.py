@@ -4,6 +4,7 @@ input's, CloudEvents ce_* headers are carried over, inputs without headers pay n
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from models.scorer import ScoreBatch
 from schemas.codecs import InvalidEvent
 from streams.scoring.records import InboundMessage, RecordBuilder
-from streams.scoring.tracing import Tracing, configure_otlp, parse_traceparent
+from streams.scoring.tracing import OtlpUnavailable, Tracing, configure_otlp, parse_traceparent
 from streams.settings import Settings
 
 TRACE_ID = b"4bf92f3577b34da6a3ce929d0e0e4736"
@@ -155,6 +156,15 @@ def test_per_event_cost_of_trace_context(recorded):
     print(f"per event: plain {plain:.2f} µs, traced {traced:.2f} µs (+{traced - plain:.2f}), "
           f"SDK span {sdk:.2f} µs (+{sdk - plain:.2f})")
     assert traced - plain < 20 and sdk - plain < 300
+
+
+def test_an_endpoint_without_the_exporter_installed_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)  # not importable
+    with pytest.raises(OtlpUnavailable) as err:
+        configure_otlp("http://127.0.0.1:4318/v1/traces")
+    message = str(err.value)
+    assert "\n" not in message and "STREAMSCORE_OTEL_EXPORTER_OTLP_ENDPOINT" in message
+    assert "pip install 'streamscore[otel]'" in message
 
 
 def test_otlp_export_is_off_by_default_and_a_configured_endpoint_receives_the_spans():
