@@ -110,7 +110,7 @@ def worker(
     web_port: Annotated[int | None, typer.Option(help="Port for /metrics, /healthz, /readyz.")] = None,
 ) -> None:
     """Run a scoring worker until Ctrl-C: consume, validate, score, publish predictions and dead letters."""
-    from streams.scoring.tracing import OtlpUnavailable, require_otlp
+    from streams.scoring.tracing import OtlpUnavailable, require_otlp  # light; with the worker's own imports
     from streams.worker.app import WorkerStartError, check_web_port, run_worker  # faust: ~1.3 s
 
     s = settings(engine=engine, web_port=web_port)

@@ -138,16 +138,27 @@ class RecordBuilder:
         events = [e for _, e in good]
         version = str(model.version)
         # The hash is of the float32 model input, whatever dtype X was (the online learner's is float64).
-        columns = (events, [m.topic for m in msgs], [m.partition for m in msgs], [m.offset for m in msgs],
-                   input_hashes(X), scores, [str(label) for label in labels], probabilities,
-                   [str(c) for c in model.classes])
-        constants = dict(model_name=model.name, model_version=version, model_sha256=model.sha256,
-                         scored_at=scored_at, latency_ms=float(scored_at - received_ms), route=route,
-                         worker=self.worker)
-        if self.encoder is None:
-            values = encode_predictions(*columns, **constants)
-        else:
-            values = [self.encoder.encode_prediction(record, topic) for record in _records(*columns, **constants)]
+        hashes, label_texts = input_hashes(X), [str(label) for label in labels]
+        classes = [str(c) for c in model.classes]
+        latency_ms = float(scored_at - received_ms)
+        if self.encoder is None:  # JSON: the batch template writer of schemas/hot_path.py
+            values = encode_predictions(
+                events, [m.topic for m in msgs], [m.partition for m in msgs], [m.offset for m in msgs], hashes,
+                scores, label_texts, probabilities, classes, model_name=model.name, model_version=version,
+                model_sha256=model.sha256, scored_at=scored_at, latency_ms=latency_ms, route=route,
+                worker=self.worker)
+        else:  # registry-framed Avro (STREAMSCORE_AVRO_PREDICTIONS): the same fields, in prediction.avsc's order
+            encode = self.encoder.encode_prediction
+            values = [encode({
+                "event_id": e.event_id, "entity_id": e.entity_id, "event_time": e.event_time,
+                "model_name": model.name, "model_version": version, "model_sha256": model.sha256,
+                "score": float(score), "label": label, "probabilities": dict(zip(classes, map(float, probs),
+                                                                                 strict=True)),
+                "input_hash": h, "scored_at": scored_at, "latency_ms": latency_ms, "route": route,
+                "worker": self.worker, "source_topic": m.topic, "source_partition": m.partition,
+                "source_offset": m.offset, "schema_version": e.schema_version}, topic)
+                for m, e, h, score, label, probs in zip(msgs, events, hashes, scores, label_texts, probabilities,
+                                                         strict=True)]
         version_header, route_header = version.encode(), route.encode()
         tracing = self.tracing
         outputs = []
@@ -181,21 +192,6 @@ class RecordBuilder:
         exc = InvalidEvent("output_rejected", f"the broker refused its output to '{output.topic}' "
                            f"({len(output.value)} bytes): {error}", event_id)
         return self.dead_letter(source, exc)
-
-
-def _records(events: Sequence[Any], topics: Sequence[str], partitions: Sequence[int], offsets: Sequence[int],
-             hashes: Sequence[str], scores: np.ndarray, labels: Sequence[str], probabilities: np.ndarray,
-             classes: Sequence[str], **constants: Any) -> list[dict[str, Any]]:
-    """The prediction records ``encode_predictions`` writes as JSON, as dicts in prediction.avsc's field order."""
-    return [{"event_id": e.event_id, "entity_id": e.entity_id, "event_time": e.event_time,
-             "model_name": constants["model_name"], "model_version": constants["model_version"],
-             "model_sha256": constants["model_sha256"], "score": float(score), "label": label,
-             "probabilities": dict(zip(classes, map(float, probs), strict=True)), "input_hash": h,
-             "scored_at": int(constants["scored_at"]), "latency_ms": constants["latency_ms"],
-             "route": constants["route"], "worker": constants["worker"], "source_topic": topic,
-             "source_partition": int(part), "source_offset": int(off), "schema_version": e.schema_version}
-            for e, topic, part, off, h, score, label, probs
-            in zip(events, topics, partitions, offsets, hashes, scores, labels, probabilities, strict=True)]
 
 
 def _bounded_key(key: bytes | None) -> bytes | None:

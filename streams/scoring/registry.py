@@ -31,8 +31,7 @@ def _key(settings: Any) -> tuple[str, str | None, Path | None] | None:
 
 @functools.cache
 def _client(url: str, basic_auth: str | None, ca_file: Path | None) -> Any:
-    # Function-local: schemas.schema_registry pulls in httpx and authlib (~230 ms of imports), only with a registry.
-    from schemas.schema_registry import make_client
+    from schemas.schema_registry import make_client  # httpx + authlib, ~230 ms of imports: only with a registry
 
     return make_client(url, basic_auth=basic_auth, ca_file=ca_file)
 
