@@ -29,13 +29,21 @@ from typing import Any
 
 import avro.io
 import avro.schema
+import numpy as np
 import pytest
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import schemaless_reader, schemaless_writer
 
+from models.scorer import ScoreBatch
 from schemas.avro_schemas import parsed_schema, raw_schema
-from schemas.codecs import InvalidEvent, decode_feature_event, encode_feature_event, prediction_to_json_bytes
+from schemas.codecs import (
+    InvalidEvent,
+    decode_feature_event,
+    decode_prediction,
+    encode_feature_event,
+    prediction_to_json_bytes,
+)
 from schemas.hot_path import decode_rows
 from schemas.records import FeatureEvent
 from schemas.schema_registry import (
@@ -47,6 +55,7 @@ from schemas.schema_registry import (
     subject_name,
 )
 from schemas.validation import FeatureValidator
+from streams.scoring.records import InboundMessage, RecordBuilder
 from streams.settings import SECRET_FIELDS, Settings
 from tests.conftest import free_port
 from tests.support.schema_registry_server import StandInRegistry
@@ -423,3 +432,28 @@ def test_schema_registry_settings_refuse_mistakes():
     with pytest.raises(ValueError, match="schema_registry_subject_strategy"):
         Settings(schema_registry_subject_strategy="topic-name")
     assert Settings().schema_registry_url is None and not Settings().avro_predictions  # offline default
+
+
+# --- wiring: RecordBuilder writes the same predictions as Avro ----------------------------------------------
+
+
+def test_record_builder_avro_predictions_equal_its_json_ones(registry):
+    class Model:
+        name, version, sha256, classes = "m", "3", "ab" * 32, ["legit", "risky"]
+
+    sent = events(20)
+    good = [(InboundMessage(TOPIC, 2, 100 + i, None, b""), ev) for i, ev in enumerate(sent)]
+    scores = np.linspace(0.05, 0.95, 20)
+    batch = ScoreBatch(scores, np.where(scores > 0.5, "risky", "legit").astype(object),
+                       np.stack([1 - scores, scores], axis=1))
+    X = np.arange(40, dtype=np.float32).reshape(20, 2)
+    kw = dict(route="canary", topic="predictions", received_ms=1_000)
+    as_json = RecordBuilder("w-1", "dead-letter").predictions(good, X, batch, Model(), **kw)
+    encoder = RegistryAvroEncoder(client_for(registry), "prediction")
+    as_avro = RecordBuilder("w-1", "dead-letter", encoder=encoder).predictions(good, X, batch, Model(), **kw)
+    resolver = RegistrySchemaResolver(client_for(registry))
+    assert len(as_avro) == len(as_json) == 20 and {o.value[:5] for o in as_avro} == {b"\x00\x00\x00\x00\x02"}
+    for j, a in zip(as_json, as_avro, strict=True):
+        pj, pa = decode_prediction(j.value), decode_prediction_avro(a.value, resolver)
+        assert pa.model_dump(exclude={"scored_at", "latency_ms"}) == pj.model_dump(exclude={"scored_at", "latency_ms"})
+        assert (a.key, a.headers) == (j.key, j.headers)
