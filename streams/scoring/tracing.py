@@ -14,8 +14,9 @@ Two ways to make the child span:
   sampled as its parent says (a sampled input, flag 01, is recorded and exported; an unsampled one only gets a
   new span id, flag 00, as the SDK's default ParentBased sampler would decide).
 
-Cost per traced event (measured on the 2 shared cores, tests/unit/streams/test_tracing.py): ~2-3 µs for the span
-context; ~25-40 µs with the SDK recording a sampled span, so only with export on and only for sampled inputs.
+Cost per traced event through RecordBuilder (best of 15 over 1000-event batches, 2 shared cores): +1.4 µs for
+the span context (+1.6 with a ce_id); +28 µs with the SDK recording a sampled span, so only with export on and
+only for sampled inputs.
 
 Only inputs that carry headers pay anything; an input without them takes no branch here at all.
 
