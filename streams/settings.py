@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         "Registry) instead of JSON. Needs schema_registry_url.",
     )
 
+    # --- tracing (docs/operations.md, "Tracing") ----------------------------------------------------------
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces). Set: a span per "
+        "sampled traced event is recorded and exported (needs the otel extra); unset: outputs still carry a child "
+        "traceparent, nothing is recorded.",
+    )
+
     # --- worker ------------------------------------------------------------------------------
     app_id: str = Field("streamscore", description="Faust app id = consumer group id.")
     engine: Literal["faust", "batch"] = Field(

@@ -227,11 +227,14 @@ def worker(
 ) -> None:
     """Run a scoring worker until Ctrl-C: consume, validate, score, publish predictions and dead letters."""
     from models.registry import RegistryError  # heavy (river): the worker loads it anyway
+    from streams.scoring.tracing import OtlpUnavailable, require_otlp  # light; with the worker's own imports
     from streams.worker.app import WorkerStartError, check_web_port, run_worker  # faust: ~1.3 s
 
     s = settings(engine=engine, web_port=web_port)
-    with user_errors(WorkerStartError, RegistryError):  # e.g. STREAMSCORE_REGISTRY_MODEL not registered yet
+    with user_errors(WorkerStartError, RegistryError, OtlpUnavailable):  # e.g. a registry model not registered yet
         check_web_port(s)  # before a model is trained (~20 s) or the broker started
+        if s.otel_exporter_otlp_endpoint is not None:
+            require_otlp()  # as early: a missing exporter is one line, not a worker that dies after starting
         if s.registry_model or s.learner:  # they load what the deployment key signed; no key on Kafka: stop here
             try:
                 s.signing_key_bytes()

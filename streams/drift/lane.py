@@ -59,6 +59,7 @@ from streams.kafka import clients
 from streams.kafka.publisher import Outbound, Publisher
 from streams.kafka.topics import ensure_topics
 from streams.metrics import DRIFT_ALERTS
+from streams.scoring.registry import schema_resolver
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class DriftMonitor:
         self.worker = worker or settings.worker_name
         self.names = tuple(profile.feature_names)
         self.validator = FeatureValidator(self.names)
+        self.resolver = schema_resolver(settings)  # registry schema ids, shared with the scoring lane
         self.window = SlidingWindow(settings.drift_window, len(self.names))
         self.debouncer = AlertDebouncer(settings.drift_alert_cooldown_s, settings.drift_resolve_after,
                                         settings.drift_retrain_on_alert)
@@ -170,7 +172,7 @@ class DriftMonitor:
         """
         fmt = self.settings.input_topics.get(topic, "auto")
         try:
-            event = decode_feature_event(value, fmt, self.settings.max_payload_bytes)
+            event = decode_feature_event(value, fmt, self.settings.max_payload_bytes, self.resolver)
         except InvalidEvent:
             self.window.append(topic, partition, offset, None, None)
             return

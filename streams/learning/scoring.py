@@ -31,6 +31,7 @@ from streams.kafka.publisher import Publisher
 from streams.learning import metrics as lm
 from streams.scoring.pipeline import BatchResult
 from streams.scoring.records import InboundMessage, RecordBuilder, now_ms
+from streams.scoring.registry import prediction_encoder, schema_resolver
 from streams.settings import KafkaSettings, ScoringSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,9 @@ class OnlinePipeline:
         self.slot = slot
         self.validator = validator
         self.name = learner_name
-        self.records = RecordBuilder(settings.worker_name, settings.dead_letter_topic)
+        self.records = RecordBuilder(settings.worker_name, settings.dead_letter_topic,
+                                     encoder=prediction_encoder(settings))
+        self._resolver = schema_resolver(settings)  # registry schema ids, shared with the scoring lane
         self._columns = list(validator.feature_names)
         self._decoder = FeatureValidator(validator.feature_names, validator.allow_extra, input_dtype="float64")
         self._limit = FLOAT32_OVERFLOW if validator.input_dtype == "float32" else None
@@ -99,7 +102,8 @@ class OnlinePipeline:
         formats = [topics.get(m.topic, "auto") for m in messages]
         # River learns from float64 features, so rows are decoded as float64; the float32 range check the
         # validator asks for is applied afterwards (the ONNX path dead-letters those inputs).
-        decoded = decode_rows([m.value for m in messages], formats, self._decoder, self.settings.max_payload_bytes)
+        decoded = decode_rows([m.value for m in messages], formats, self._decoder, self.settings.max_payload_bytes,
+                              self._resolver)
         if decoded.errors:  # the ONNX path dead-letters them; a second dead letter would be noise
             self._invalid.inc(len(decoded.errors))
         X, index, events = decoded.X, decoded.index, decoded.events

@@ -16,12 +16,13 @@ from typing import Protocol
 import numpy as np
 
 from models.scorer import Scorer
-from schemas.codecs import InvalidEvent
+from schemas.codecs import InvalidEvent, SchemaResolver
 from schemas.hot_path import decode_rows
 from schemas.validation import FeatureValidator
 from streams import metrics
 from streams.kafka.publisher import Outbound
-from streams.scoring.records import InboundMessage, RecordBuilder, now_ms
+from streams.scoring.records import InboundMessage, PredictionEncoder, RecordBuilder, now_ms
+from streams.scoring.tracing import Tracing
 from streams.settings import ScoringSettings
 
 
@@ -38,13 +39,21 @@ class Router(Protocol):
 
 
 class ScoringPipeline:
-    """Turns a batch of raw input messages into prediction and dead-letter messages."""
-    def __init__(self, settings: ScoringSettings, scorer: Scorer, route: str = "single") -> None:
+    """Turns a batch of raw input messages into prediction and dead-letter messages.
+
+    ``resolver``: registry schema ids for Avro input (streams/scoring/registry.py); ``encoder`` and
+    ``tracing``: handed to the ``RecordBuilder`` (Avro predictions, trace context of the outputs).
+    """
+    def __init__(self, settings: ScoringSettings, scorer: Scorer, route: str = "single", *,
+                 resolver: SchemaResolver | None = None, encoder: PredictionEncoder | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.scorer = scorer
         self.route = route
+        self.resolver = resolver
         self.router: Router | None = None  # set by streams.routing.watcher when a model registry is configured
-        self.records = RecordBuilder(settings.worker_name, settings.dead_letter_topic)
+        self.records = RecordBuilder(settings.worker_name, settings.dead_letter_topic, encoder=encoder,
+                                     tracing=tracing)
         # Validated in the model's input dtype: 1e39 is a finite float64 but inf as a float32 input.
         self.validator = FeatureValidator(scorer.feature_names, input_dtype=getattr(scorer, "input_dtype", "float32"))
         self._in = {t: metrics.EVENTS_IN.labels(t) for t in settings.input_topics}
@@ -60,7 +69,8 @@ class ScoringPipeline:
         # One format for the batch when it comes from one topic (the common case), else one per message.
         formats = (topics.get(next(iter(counts)), "auto") if len(counts) == 1
                    else [topics.get(m.topic, "auto") for m in messages])
-        decoded = decode_rows([m.value for m in messages], formats, self.validator, self.settings.max_payload_bytes)
+        decoded = decode_rows([m.value for m in messages], formats, self.validator, self.settings.max_payload_bytes,
+                              self.resolver)
         for pos, exc in decoded.errors:
             result.outputs.append(self._dead_letter(messages[pos], exc))
         for topic, count in counts.items():

@@ -12,12 +12,16 @@ So the 18 fields of a prediction, its key and its headers cannot drift apart bet
 >>> class Event:
 ...     event_id, entity_id, event_time, schema_version = "e-1", "acct-1", 1_000, 1
 >>> builder = RecordBuilder(worker="w-1", dead_letter_topic="dead-letter")
->>> msg = InboundMessage("features", 0, 41, b"e-1", b"{}", headers=[("traceparent", b"00-ab-cd-01")])
+>>> parent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+>>> msg = InboundMessage("features", 0, 41, b"e-1", b"{}", headers=[("traceparent", parent), ("ce_id", b"7")])
 >>> batch = ScoreBatch(np.array([0.25]), np.array(["legit"], dtype=object), np.array([[0.75, 0.25]]))
 >>> [out] = builder.predictions([(msg, Event())], np.zeros((1, 2), np.float32), batch, Model(),
 ...                             route="single", topic="predictions", received_ms=1_000)
 >>> out.topic, out.key, [k for k, _ in out.headers]
-('predictions', b'e-1', ['event_id', 'model_version', 'route', 'traceparent'])
+('predictions', b'e-1', ['event_id', 'model_version', 'route', 'traceparent', 'ce_id'])
+>>> child = dict(out.headers)["traceparent"]  # a child span of the input's: same trace, a new span id
+>>> child[:36] == parent[:36] and child[36:52] != parent[36:52]
+True
 >>> p = decode_prediction(out.value)
 >>> p.model_version, p.score, p.source_offset, p.probabilities
 ('3', 0.25, 41, {'legit': 0.75, 'risky': 0.25})
@@ -38,11 +42,14 @@ from schemas.dead_letters import DEFAULT_MAX_ORIGINAL_BYTES, dead_letter_bytes
 from schemas.hot_path import encode_predictions
 from schemas.validation import input_hashes
 from streams.kafka.publisher import MAX_MESSAGE_BYTES, Headers, Outbound
+from streams.scoring.tracing import Tracing, span_attributes
 
 __all__ = ["InboundMessage", "ModelIdentity", "RecordBuilder", "now_ms", "passthrough_headers"]
 
-# Headers of an input that its outputs carry on: W3C trace context and our request id.
-PASSTHROUGH_HEADERS = ("traceparent", "tracestate", "request_id")
+# Headers of an input that its outputs carry on: W3C trace context (traceparent as a child span, see
+# streams/scoring/tracing.py), our request id and the CloudEvents Kafka binding's ce_* headers.
+PASSTHROUGH_HEADERS = ("traceparent", "tracestate", "request_id", "ce_*")
+_DEFAULT_TRACING = Tracing()
 
 
 @dataclass(slots=True)
@@ -69,18 +76,30 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def passthrough_headers(headers: Headers | None) -> Headers:
-    """Keep the caller's trace context on the outputs."""
+def passthrough_headers(headers: Headers | None, tracing: Tracing = _DEFAULT_TRACING) -> Headers:
+    """The caller's trace context (a child span of it), request id and CloudEvents headers, for an output."""
     if not headers:
         return []
-    return [(k, v) for k, v in headers if k in PASSTHROUGH_HEADERS]
+    return tracing.headers(headers)
+
+
+class PredictionEncoder(Protocol):
+    """Avro predictions (``schemas.schema_registry.RegistryAvroEncoder``): a record dict -> framed bytes."""
+    def encode_prediction(self, record: dict[str, Any], topic: str) -> bytes: ...
 
 
 class RecordBuilder:
-    """Builds prediction and dead-letter messages for one worker."""
-    def __init__(self, worker: str, dead_letter_topic: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    """Builds prediction and dead-letter messages for one worker.
+
+    ``encoder``: write predictions as registry-framed Avro with it (``STREAMSCORE_AVRO_PREDICTIONS``), else JSON.
+    ``tracing``: how outputs continue their input's trace (default: span contexts only, no recorded spans).
+    """
+    def __init__(self, worker: str, dead_letter_topic: str, max_message_bytes: int = MAX_MESSAGE_BYTES, *,
+                 encoder: PredictionEncoder | None = None, tracing: Tracing | None = None) -> None:
         self.worker = worker
         self.dead_letter_topic = dead_letter_topic
+        self.encoder = encoder
+        self.tracing = tracing or _DEFAULT_TRACING
         # A letter's value must fit the producer's message.max.bytes with its key and headers beside it.
         self.max_message_bytes = max_message_bytes - DEFAULT_MAX_ORIGINAL_BYTES - 1024
 
@@ -119,19 +138,38 @@ class RecordBuilder:
         events = [e for _, e in good]
         version = str(model.version)
         # The hash is of the float32 model input, whatever dtype X was (the online learner's is float64).
-        values = encode_predictions(
-            events, [m.topic for m in msgs], [m.partition for m in msgs], [m.offset for m in msgs],
-            input_hashes(X), scores, [str(label) for label in labels], probabilities,
-            [str(c) for c in model.classes], model_name=model.name, model_version=version,
-            model_sha256=model.sha256, scored_at=scored_at, latency_ms=float(scored_at - received_ms),
-            route=route, worker=self.worker)
+        hashes, label_texts = input_hashes(X), [str(label) for label in labels]
+        classes = [str(c) for c in model.classes]
+        latency_ms = float(scored_at - received_ms)
+        if self.encoder is None:  # JSON: the batch template writer of schemas/hot_path.py
+            values = encode_predictions(
+                events, [m.topic for m in msgs], [m.partition for m in msgs], [m.offset for m in msgs], hashes,
+                scores, label_texts, probabilities, classes, model_name=model.name, model_version=version,
+                model_sha256=model.sha256, scored_at=scored_at, latency_ms=latency_ms, route=route,
+                worker=self.worker)
+        else:  # registry-framed Avro (STREAMSCORE_AVRO_PREDICTIONS): the same fields, in prediction.avsc's order
+            encode = self.encoder.encode_prediction
+            values = [encode({
+                "event_id": e.event_id, "entity_id": e.entity_id, "event_time": e.event_time,
+                "model_name": model.name, "model_version": version, "model_sha256": model.sha256,
+                "score": float(score), "label": label, "probabilities": dict(zip(classes, map(float, probs),
+                                                                                 strict=True)),
+                "input_hash": h, "scored_at": scored_at, "latency_ms": latency_ms, "route": route,
+                "worker": self.worker, "source_topic": m.topic, "source_partition": m.partition,
+                "source_offset": m.offset, "schema_version": e.schema_version}, topic)
+                for m, e, h, score, label, probs in zip(msgs, events, hashes, scores, label_texts, probabilities,
+                                                         strict=True)]
         version_header, route_header = version.encode(), route.encode()
+        tracing = self.tracing
         outputs = []
         for msg, event, value in zip(msgs, events, values, strict=True):
             event_id = event.event_id.encode()
             headers = [("event_id", event_id), ("model_version", version_header), ("route", route_header)]
-            if msg.headers:
-                headers.extend(passthrough_headers(msg.headers))
+            if msg.headers:  # only inputs with headers pay for trace context (streams/scoring/tracing.py)
+                attributes = None if tracing.tracer is None else span_attributes(
+                    msg.topic, msg.partition, msg.offset, model.name, version, route)
+                headers.extend(tracing.headers(msg.headers, start_ns=received_ms * 1_000_000,
+                                               attributes=attributes))
             outputs.append(Outbound(topic, msg.key if msg.key is not None else event_id, value, headers, None, msg))
         return outputs
 
@@ -141,7 +179,7 @@ class RecordBuilder:
         _letter, value = dead_letter_bytes(
             exc, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value,
             worker=self.worker, failed_at=now_ms(), max_message_bytes=self.max_message_bytes)
-        headers = [("reason_code", exc.code.encode()), *passthrough_headers(msg.headers)]
+        headers = [("reason_code", exc.code.encode()), *passthrough_headers(msg.headers, self.tracing)]
         return Outbound(self.dead_letter_topic, _bounded_key(msg.key), value, headers, None, msg)
 
     def output_rejected(self, output: Outbound, error: object) -> Outbound:

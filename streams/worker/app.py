@@ -38,6 +38,8 @@ from streams.learning.lane import register_learning
 from streams.logs import logging_config
 from streams.routing.watcher import register_registry
 from streams.scoring.pipeline import ScoringPipeline
+from streams.scoring.registry import prediction_encoder, schema_resolver
+from streams.scoring.tracing import configure_otlp
 from streams.settings import Settings
 from streams.worker.health import Health, ProgressWatch
 from streams.worker.lag import register_lag_monitor
@@ -51,7 +53,10 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.scorer = OnnxScorer.from_dir(settings.model_dir)
-        self.pipeline = ScoringPipeline(settings.scoring, self.scorer)
+        # Schema Registry codecs (None unless STREAMSCORE_SCHEMA_REGISTRY_URL) and trace context of the outputs.
+        self.pipeline = ScoringPipeline(settings.scoring, self.scorer, resolver=schema_resolver(settings),
+                                        encoder=prediction_encoder(settings),
+                                        tracing=configure_otlp(settings.otel_exporter_otlp_endpoint))
         self.publisher = Publisher(settings.kafka)
         self.started_at = time.time()
         self.app = StreamscoreApp(

@@ -117,9 +117,12 @@ def test_pipeline_dead_letters_each_kind_of_bad_input_with_reason_and_bytes(pipe
 
 def test_pipeline_keeps_trace_context_headers(pipeline):
     (key, value), = encode_events(sample_events(6, 1))
-    msg = InboundMessage("in", 0, 0, key, value, headers=[("traceparent", b"00-abc-def-01"), ("noise", b"x")])
+    parent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    msg = InboundMessage("in", 0, 0, key, value, headers=[("traceparent", parent), ("noise", b"x")])
     headers = dict(pipeline.process([msg]).outputs[0].headers)
-    assert headers["traceparent"] == b"00-abc-def-01" and "noise" not in headers
+    # The prediction is a child span of the input's (streams/scoring/tracing.py): same trace, new span id.
+    assert headers["traceparent"][:36] == parent[:36] and headers["traceparent"][36:52] != parent[36:52]
+    assert "noise" not in headers
 
 
 # --- broker ------------------------------------------------------------------------------------
