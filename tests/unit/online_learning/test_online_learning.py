@@ -561,7 +561,8 @@ def test_cli_list_show_rollback(snapshots):
     assert rolled.exit_code == 0, rolled.output
     meta = snapshots.latest()
     assert (meta.version, meta.parent, meta.kind) == (3, 1, "rollback")
-    assert "3 ← serving" in cli(snapshots, "list").output
+    final = cli(snapshots, "list").output
+    assert "3 (rollback of 1) ← serving" in final, final
 
 
 def test_cli_refuses_tampered_or_missing_versions(snapshots):
