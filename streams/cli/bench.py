@@ -98,7 +98,7 @@ def handwritten_loop(settings: Settings, topic: str, out: str, dlq: str, total: 
     def delivered(err: object, msg: object) -> None:
         pending[0] -= 1
 
-    done, last_commit = 0, time.monotonic()
+    done, committed, last_commit = 0, 0, time.monotonic()
     while done < total:
         messages = [m for m in consumer.consume(256, 0.005) if m.error() is None]
         rows, good = [], []
@@ -124,10 +124,10 @@ def handwritten_loop(settings: Settings, topic: str, out: str, dlq: str, total: 
                 pending[0] += 1
         done += len(messages)
         producer.poll(0)
-        if time.monotonic() - last_commit >= settings.commit_interval_s or done >= total:
+        if done > committed and (time.monotonic() - last_commit >= settings.commit_interval_s or done >= total):
             producer.flush()  # at-least-once: everything consumed so far is delivered before the commit
             consumer.commit(asynchronous=False)
-            last_commit = time.monotonic()
+            committed, last_commit = done, time.monotonic()
     consumer.close()
     result.value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # type: ignore[attr-defined]
 

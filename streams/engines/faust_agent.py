@@ -56,10 +56,21 @@ def inbound(message: Message) -> InboundMessage:
     )
 
 
+class ScoringAgent:
+    """The registered agent, and a fault hook for tests (``/debug/fail?part=faust-agent``)."""
+
+    def __init__(self) -> None:
+        self.agent: faust.types.AgentT | None = None
+        self.failures = 0  # the agent raises on its next ``failures`` batches, as if scoring had crashed
+
+    def inject_failures(self, times: int) -> None:
+        self.failures += times
+
+
 def register_scoring_agent(
     app: StreamscoreApp, kafka: KafkaSettings, settings: ScoringSettings, pipeline: ScoringPipeline,
     publisher: Publisher,
-) -> faust.types.AgentT:
+) -> ScoringAgent:
     source = app.topic(
         *settings.input_topics,
         key_type=bytes,
@@ -106,6 +117,7 @@ def register_scoring_agent(
             in_flight.release()
 
     pending: set[asyncio.Task] = set()
+    handle = ScoringAgent()
 
     @app.agent(batches, name="score")
     async def score(stream: faust.StreamT) -> None:
@@ -117,6 +129,9 @@ def register_scoring_agent(
                 if messages[0].generation_id != app.consumer_generation_id:
                     app.consumer.release(messages)  # fetched before a rebalance: read again by the new owner
                     continue
+                if handle.failures:
+                    handle.failures -= 1
+                    raise RuntimeError("injected scoring agent failure (debug endpoint)")
                 await in_flight.acquire()
                 received_ms = time.time_ns() // 1_000_000
                 batch = [inbound(message) for message in messages]
@@ -140,7 +155,8 @@ def register_scoring_agent(
         finally:
             live.clear()
 
-    return score
+    handle.agent = score
+    return handle
 
 
 async def delivered_or_dead_lettered(delivery: Delivery, records: RecordBuilder, publisher: Publisher,

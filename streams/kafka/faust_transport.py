@@ -44,6 +44,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 class _Consumer(driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._read_from: dict[TP, int] = {}
+        self._seen: set[TP] = set()
         self._seeks = 0
         super().__init__(*args, **kwargs)
 
@@ -52,7 +53,8 @@ class _Consumer(driver.Consumer):
 
     def _reset_state(self) -> None:
         super()._reset_state()
-        self._read_from: dict[TP, int] = {}  # first offset read since the partition was assigned or rewound
+        self._read_from: dict[TP, int] = {}  # first offset read since assignment, for a partition never committed
+        self._seen: set[TP] = set()  # partitions read from since the last seek
         self._seeks = 0  # a fetch that was under way when the consumer seeked is dropped, not read
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
@@ -62,17 +64,18 @@ class _Consumer(driver.Consumer):
 
     async def perform_seek(self) -> None:
         self._seeks += 1
-        self._read_from.clear()
+        self._seen.clear()
         await super().perform_seek()
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
         if acked:
             acked.sort()
-            # The first offset fetched since the partition was assigned or rewound (above the committed one only
-            # where records are gone: retention, compaction). Faust checks the head of the acked run only when
-            # the committed offset is truthy (not None, not 0), and lets it start one past the committed offset.
-            start = self._read_from.get(tp, self._committed_offset[tp])
+            # The run must start at the committed offset, or where reading started if nothing is committed yet.
+            # Faust checks the head of the acked run only when the committed offset is truthy (not None, not 0),
+            # and lets it start one past the committed offset.
+            committed = self._committed_offset[tp]
+            start = committed if committed is not None else self._read_from.get(tp)
             if start is None or (acked[0] > start and not self._gap[tp].overlaps(start)):
                 return None
         return super()._new_offset(tp)
@@ -82,9 +85,17 @@ class _Consumer(driver.Consumer):
         self._unacked_messages.difference_update(messages)
 
     async def rewind(self) -> None:
-        """Read every partition again from its committed offset (after a batch was dropped unacked)."""
+        """Read every partition again from its committed offset, or from where reading started if nothing is
+        committed yet (after a batch was dropped unacked). Seeking to the committed offsets alone is not enough:
+        aiokafka leaves a partition without a commit where it is."""
         self._unacked_messages.clear()
-        await self.perform_seek()
+        self._seeks += 1
+        self._seen.clear()
+        for tp in self.assignment():
+            committed = self._committed_offset[tp]
+            target = committed if committed is not None else self._read_from.get(tp)
+            if target is not None:
+                await self.seek(tp, target)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - the fetcher's loop
         sinks: dict[str, BatchSink] = self.app.batch_sinks
@@ -125,7 +136,13 @@ class _Consumer(driver.Consumer):
                         last = offset
                     if not messages:
                         continue
-                    read_from.setdefault(tp, messages[0].offset)
+                    first = messages[0].offset
+                    read_from.setdefault(tp, first)
+                    if tp not in self._seen:  # the first read after a seek to the committed offset
+                        self._seen.add(tp)
+                        committed = self._committed_offset[tp]
+                        if committed is not None and first > committed:  # records gone (retention, compaction)
+                            self._gap[tp].addi(committed, first)
                     if sink is None:  # a topic of an ordinary Faust agent: one event at a time
                         for message in messages:
                             await self.wait_first(self.callback(message), self.suspend_flow.wait())
