@@ -96,10 +96,10 @@ def register_scoring_agent(
     scoring_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
     in_flight = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
 
-    async def drop(messages: list[Message]) -> None:
+    def drop(messages: list[Message]) -> None:
         """A batch that will never be acked: forget it and read again from the committed offsets."""
         app.consumer.release(messages)
-        await app.consumer.rewind()
+        app.consumer.rewind()
 
     async def ack_when_delivered(delivery: Delivery, messages: list[Message]) -> None:
         try:
@@ -112,7 +112,7 @@ def register_scoring_agent(
         except Exception:  # never ack what is not delivered; the agent keeps scoring
             log.exception("scoring agent: a batch of %d inputs was not delivered; reading again from the "
                           "committed offsets", len(messages))
-            await drop(messages)
+            drop(messages)
         finally:
             in_flight.release()
 
@@ -150,7 +150,7 @@ def register_scoring_agent(
             live.clear()
             log.exception("scoring agent crashed on a batch of %d inputs; reading again from the committed offsets",
                           len(messages))
-            await drop(messages)
+            drop(messages)
             raise
         finally:
             live.clear()

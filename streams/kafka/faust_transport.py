@@ -45,7 +45,7 @@ class _Consumer(driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._read_from: dict[TP, int] = {}
         self._seen: set[TP] = set()
-        self._seeks = 0
+        self._rewind = False
         super().__init__(*args, **kwargs)
 
     def _new_consumer_thread(self) -> _ConsumerThread:
@@ -55,7 +55,7 @@ class _Consumer(driver.Consumer):
         super()._reset_state()
         self._read_from: dict[TP, int] = {}  # first offset read since assignment, for a partition never committed
         self._seen: set[TP] = set()  # partitions read from since the last seek
-        self._seeks = 0  # a fetch that was under way when the consumer seeked is dropped, not read
+        self._rewind = False  # asked for by ``rewind``, done by the fetcher loop between two fetches
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
@@ -63,7 +63,6 @@ class _Consumer(driver.Consumer):
         await super().on_partitions_revoked(revoked)
 
     async def perform_seek(self) -> None:
-        self._seeks += 1
         self._seen.clear()
         await super().perform_seek()
 
@@ -84,12 +83,17 @@ class _Consumer(driver.Consumer):
         """Forget tracked messages that will never be acked (their batch was dropped): nothing waits for them."""
         self._unacked_messages.difference_update(messages)
 
-    async def rewind(self) -> None:
+    def rewind(self) -> None:
         """Read every partition again from its committed offset, or from where reading started if nothing is
-        committed yet (after a batch was dropped unacked). Seeking to the committed offsets alone is not enough:
-        aiokafka leaves a partition without a commit where it is."""
+        committed yet (after a batch was dropped unacked). Done by the fetcher loop before its next fetch, so no
+        fetch is under way while it seeks (records fetched from a position the seek has just replaced would
+        otherwise look like a gap, and Faust treats a gap as acked). Seeking to the committed offsets alone is
+        not enough: aiokafka leaves a partition without a commit where it is."""
         self._unacked_messages.clear()
-        self._seeks += 1
+        self._rewind = True
+
+    async def _do_rewind(self) -> None:
+        self._rewind = False
         self._seen.clear()
         for tp in self.assignment():
             committed = self._committed_offset[tp]
@@ -108,10 +112,11 @@ class _Consumer(driver.Consumer):
         commit_every = self._commit_every
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                seeks = self._seeks
+                if self._rewind:
+                    await self._do_rewind()
                 records, active = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
-                if not records or self.should_stop or seeks != self._seeks:
+                if not records or self.should_stop:
                     continue
                 if not self.flow_active:  # as Faust's getmany: a paused flow reads again from the committed offsets
                     await self.perform_seek()
