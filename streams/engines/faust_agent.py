@@ -42,6 +42,8 @@ MAX_BATCHES_IN_FLIGHT = 16
 # Fetched batches queued for the agent: the fetcher waits when they are full (aiokafka keeps prefetching
 # up to its own buffer), so memory stays bounded.
 MAX_BATCHES_QUEUED = 8
+# At stop, batches on their way to the broker are waited for this long before Faust's final commit.
+DRAIN_TIMEOUT_S = 10.0
 
 
 def inbound(message: Message) -> InboundMessage:
@@ -119,6 +121,19 @@ def register_scoring_agent(
     pending: set[asyncio.Task] = set()
     handle = ScoringAgent()
 
+    scoring: list[bool] = [False]  # a batch is on the scoring thread
+
+    async def drain() -> None:
+        """Rebalance or stop: wait (bounded) for the batch being scored and those on their way to be acked."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while (pending or scoring[0]) and time.monotonic() < deadline:
+            if pending:
+                await asyncio.wait(set(pending), timeout=max(0.0, deadline - time.monotonic()))
+            else:
+                await asyncio.sleep(0.005)
+
+    app.batch_drains.append(drain)
+
     @app.agent(batches, name="score")
     async def score(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
@@ -135,12 +150,16 @@ def register_scoring_agent(
                 await in_flight.acquire()
                 received_ms = time.time_ns() // 1_000_000
                 batch = [inbound(message) for message in messages]
+                scoring[0] = True
                 try:
                     result = await loop.run_in_executor(scoring_thread, pipeline.process, batch, received_ms)
+                    task = asyncio.create_task(
+                        ack_when_delivered(publisher.send_batch(result.outputs, loop), messages))
                 except BaseException:
                     in_flight.release()
                     raise
-                task = asyncio.create_task(ack_when_delivered(publisher.send_batch(result.outputs, loop), messages))
+                finally:
+                    scoring[0] = False
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 messages = []

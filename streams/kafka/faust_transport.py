@@ -58,6 +58,15 @@ class _Consumer(driver.Consumer):
         self._rewind = False  # asked for by ``rewind``, done by the fetcher loop between two fetches
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        if self.app.batch_sinks and not self.should_stop and self.assignment():
+            # Faust forgets the acked offsets of revoked partitions before it commits (its commit in the
+            # rebalance then has nothing to commit for them), so everything acked since the last periodic commit
+            # was scored again by the next owner. Stop taking batches, let those in progress be acked, commit.
+            self.stop_flow()
+            self.app.flow_control.suspend()
+            for drain in self.app.batch_drains:
+                await drain()
+            await self.commit()
         for tp in revoked:
             self._read_from.pop(tp, None)
         await super().on_partitions_revoked(revoked)
@@ -78,6 +87,18 @@ class _Consumer(driver.Consumer):
             if start is None or (acked[0] > start and not self._gap[tp].overlaps(start)):
                 return None
         return super()._new_offset(tp)
+
+    async def wait_empty(self) -> None:
+        # Faust calls this before its commit on a rebalance and at stop. First the batches being scored or on
+        # their way to the broker are acked (bounded by the agent), or their inputs would be scored again by the
+        # next owner. What is still unacked then sat in the agent's queue, which Faust has just cleared
+        # (``flow_control.clear``): it is read again from the committed offset, and waiting for it would hang
+        # the rebalance. Measured: 90-450 duplicates per graceful handover at 600 events/s without this.
+        if self.app.batch_sinks:
+            for drain in self.app.batch_drains:
+                await drain()
+            self._unacked_messages.clear()
+        await super().wait_empty()
 
     def release(self, messages: Iterable[Message]) -> None:
         """Forget tracked messages that will never be acked (their batch was dropped): nothing waits for them."""
@@ -181,6 +202,7 @@ class StreamscoreApp(faust.App):
     def __init__(self, *args: Any, fetch_max_wait_ms: int = 500, **kwargs: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.batch_sinks: dict[str, BatchSink] = {}
+        self.batch_drains: list[Callable[[], Awaitable[None]]] = []  # awaited by the consumer before its last commit
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> _Transport:
