@@ -1,15 +1,21 @@
-"""Faust agents of the scoring flow: topic -> validate -> score -> publish -> ack.
+"""The Faust agent of the scoring flow: topic -> validate -> score -> publish -> ack.
 
-The agent reads micro-batches with ``noack_take`` and acks each input only after every output of
-its batch is acknowledged by the broker; Faust commits acked offsets every ``commit_interval``.
-Up to ``MAX_BATCHES_IN_FLIGHT`` batches await delivery at once, so the broker round trip does not
-serialise the agent (waiting batch by batch capped it near 6k events/s).
-(``take``/``take_events`` ack in a ``finally`` even when the batch is abandoned half-way, which
-could commit an input whose prediction was never written.)
+The agent takes whole fetched batches: ``StreamscoreApp.batch_topic`` (streams/kafka/faust_transport.py)
+hands each partition's records from one ``getmany`` to an in-memory channel as one list, and the agent
+iterates that channel. Faust's per-event path (conductor → topic queue → stream → ``noack_take``, two tasks
+per event in the fetcher) capped an empty agent near 15k events/s and ours at 5–7k; per batch it costs
+nothing measurable (see docs/benchmarks.md).
 
-A batch whose delivery fails never crashes the agent (it used to: one DeliveryError raised on the next batch).
-The publisher retries transient failures for as long as it takes; an output refused for good becomes an
-``output_rejected`` dead letter about its input, and the input is acked once that letter is delivered.
+At-least-once: each input is acked (``Consumer.ack``) only after every output of its batch is acknowledged
+by the broker; Faust's commit handler commits acked offsets every ``commit_interval``, and rebalances wait
+for unacked inputs. Up to ``MAX_BATCHES_IN_FLIGHT`` batches await delivery at once, so the broker round trip
+does not serialise the agent. A batch that can never be acked (the agent crashed on it, or its delivery
+failed for a reason other than a refused output) is released and the consumer rewinds to its committed
+offsets, so it is read again and nothing waits for it: neither a commit past it nor a shutdown that hangs.
+
+A batch whose delivery fails never crashes the agent. The publisher retries transient failures for as long
+as it takes; an output refused for good becomes an ``output_rejected`` dead letter about its input, and the
+input is acked once that letter is delivered.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+from faust.types import TP, Message
 
 from streams import metrics
 from streams.engines.batch import adopt_offsets, batch_group_id
+from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Delivery, Publisher
 from streams.scoring.pipeline import InboundMessage, ScoringPipeline
 from streams.scoring.records import RecordBuilder
@@ -31,9 +39,14 @@ from streams.settings import KafkaSettings, ScoringSettings
 log = logging.getLogger(__name__)
 
 MAX_BATCHES_IN_FLIGHT = 16
+# Fetched batches queued for the agent: the fetcher waits when they are full (aiokafka keeps prefetching
+# up to its own buffer), so memory stays bounded.
+MAX_BATCHES_QUEUED = 8
+# At stop, batches on their way to the broker are waited for this long before Faust's final commit.
+DRAIN_TIMEOUT_S = 10.0
 
 
-def inbound(message: faust.types.Message) -> InboundMessage:
+def inbound(message: Message) -> InboundMessage:
     return InboundMessage(
         message.topic,
         message.partition,
@@ -45,9 +58,20 @@ def inbound(message: faust.types.Message) -> InboundMessage:
     )
 
 
+class ScoringAgent:
+    """The registered agent, and a fault hook for tests (``/debug/fail?part=faust-agent``)."""
+    def __init__(self) -> None:
+        self.agent: faust.types.AgentT | None = None
+        self.failures = 0  # the agent raises on its next ``failures`` batches, as if scoring had crashed
+
+    def inject_failures(self, times: int) -> None:
+        self.failures += times
+
+
 def register_scoring_agent(
-    app: faust.App, kafka: KafkaSettings, settings: ScoringSettings, pipeline: ScoringPipeline, publisher: Publisher
-) -> faust.types.AgentT:
+    app: StreamscoreApp, kafka: KafkaSettings, settings: ScoringSettings, pipeline: ScoringPipeline,
+    publisher: Publisher,
+) -> ScoringAgent:
     source = app.topic(
         *settings.input_topics,
         key_type=bytes,
@@ -58,40 +82,99 @@ def register_scoring_agent(
     )
     # Before Faust joins <app_id>: start where the batch engine left off if it got further (engine switch).
     adopt_offsets(kafka, kafka.app_id, batch_group_id(kafka), settings.input_topics)
+    batches = app.channel(maxsize=MAX_BATCHES_QUEUED)
+    # The queue of the agent's running stream. Put straight into it, never into the channel's subscribers: a
+    # crashed agent's stream lingers among them (a WeakSet) until collected and would swallow batches.
+    live: list[asyncio.Queue] = []
+
+    async def to_agent(tp: TP, messages: list[Message]) -> None:
+        while not live:  # the agent is (re)starting
+            await asyncio.sleep(0.01)
+        await live[0].put(messages)
+
+    app.batch_topic(source, to_agent)
     # Validation and ONNX run on one worker thread so a large batch never blocks heartbeats.
     scoring_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
+    in_flight = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
 
-    @app.agent(source, name="score")
+    def drop(messages: list[Message]) -> None:
+        """A batch that will never be acked: forget it and read again from the committed offsets."""
+        app.consumer.release(messages)
+        app.consumer.rewind()
+
+    async def ack_when_delivered(delivery: Delivery, messages: list[Message]) -> None:
+        try:
+            await delivered_or_dead_lettered(delivery, pipeline.records, publisher, asyncio.get_running_loop())
+            ack = app.consumer.ack
+            for message in messages:
+                ack(message)
+        except asyncio.CancelledError:  # stopping: unacked inputs are consumed again after restart
+            raise
+        except Exception:  # never ack what is not delivered; the agent keeps scoring
+            log.exception("scoring agent: a batch of %d inputs was not delivered; reading again from the "
+                          "committed offsets", len(messages))
+            drop(messages)
+        finally:
+            in_flight.release()
+
+    pending: set[asyncio.Task] = set()
+    handle = ScoringAgent()
+
+    scoring: list[bool] = [False]  # a batch is on the scoring thread
+
+    async def drain() -> None:
+        """Rebalance or stop: wait (bounded) for the batch being scored and those on their way to be acked."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while (pending or scoring[0]) and time.monotonic() < deadline:
+            if pending:
+                await asyncio.wait(set(pending), timeout=max(0.0, deadline - time.monotonic()))
+            else:
+                await asyncio.sleep(0.005)
+
+    app.batch_drains.append(drain)
+
+    @app.agent(batches, name="score")
     async def score(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
-        within = settings.batch_within_ms / 1000
-        # Deliveries overlap: a batch's inputs are acked when its outputs land, while later batches are
-        # already being scored. Faust commits only up to the first un-acked offset of a partition.
-        in_flight = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
+        messages: list[Message] = []
+        live[:] = [stream.channel.queue]
+        try:
+            async for messages in stream:
+                if messages[0].generation_id != app.consumer_generation_id:
+                    app.consumer.release(messages)  # fetched before a rebalance: read again by the new owner
+                    continue
+                if handle.failures:
+                    handle.failures -= 1
+                    raise RuntimeError("injected scoring agent failure (debug endpoint)")
+                await in_flight.acquire()
+                received_ms = time.time_ns() // 1_000_000
+                batch = [inbound(message) for message in messages]
+                scoring[0] = True
+                try:
+                    result = await loop.run_in_executor(scoring_thread, pipeline.process, batch, received_ms)
+                    task = asyncio.create_task(
+                        ack_when_delivered(publisher.send_batch(result.outputs, loop), messages))
+                except BaseException:
+                    in_flight.release()
+                    raise
+                finally:
+                    scoring[0] = False
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                messages = []
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Faust restarts the agent; the batch it held must not hold up commits or shutdown
+            live.clear()
+            log.exception("scoring agent crashed on a batch of %d inputs; reading again from the committed offsets",
+                          len(messages))
+            drop(messages)
+            raise
+        finally:
+            live.clear()
 
-        async def ack_when_delivered(delivery: Delivery, events: list[faust.EventT]) -> None:
-            try:
-                delivery = await delivered_or_dead_lettered(delivery, pipeline.records, publisher, loop)
-                for event in events:
-                    await stream.ack(event)
-            except asyncio.CancelledError:  # stopping: unacked inputs are consumed again after restart
-                raise
-            except Exception:  # never ack what is not delivered; the agent keeps scoring
-                log.exception("scoring agent: a batch of %d inputs was not acked", len(events))
-            finally:
-                in_flight.release()
-
-        pending: set[asyncio.Task] = set()
-        async for events in stream.noack_take(settings.batch_size, within=within):
-            await in_flight.acquire()
-            received_ms = time.time_ns() // 1_000_000
-            batch = [inbound(event.message) for event in events]
-            result = await loop.run_in_executor(scoring_thread, pipeline.process, batch, received_ms)
-            task = asyncio.create_task(ack_when_delivered(publisher.send_batch(result.outputs, loop), list(events)))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-
-    return score
+    handle.agent = score
+    return handle
 
 
 async def delivered_or_dead_lettered(delivery: Delivery, records: RecordBuilder, publisher: Publisher,

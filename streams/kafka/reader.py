@@ -14,7 +14,7 @@ from streams.kafka import clients
 from streams.settings import Settings
 
 
-def _consumer(settings: Settings, topic: str, from_beginning: bool) -> tuple[Consumer, int]:
+def _consumer(settings: Settings, topic: str, from_beginning: bool) -> tuple[Consumer, int, set[int]]:
     """Assigned to every partition: at the start, or at the end as it is NOW (the high watermark, read before this
     returns: a message produced after it is seen, which OFFSET_END, resolved at the first fetch, does not promise)."""
     consumer = clients.standalone_consumer(settings.kafka, "streamscore-reader", **{"fetch.wait.max.ms": 50})
@@ -28,15 +28,14 @@ def _consumer(settings: Settings, topic: str, from_beginning: bool) -> tuple[Con
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
                 starts[p] = high if high >= 0 else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p, start in starts.items()])
-        if not from_beginning:
-            _skip_to_end(consumer, topic, len(meta.partitions))
+        at_end = set() if from_beginning else _skip_to_end(consumer, topic, len(meta.partitions))
     except BaseException:
         consumer.close()
         raise
-    return consumer, len(meta.partitions)
+    return consumer, len(meta.partitions), at_end
 
 
-def _skip_to_end(consumer: Consumer, topic: str, n_partitions: int, timeout_s: float = 30.0) -> None:
+def _skip_to_end(consumer: Consumer, topic: str, n_partitions: int, timeout_s: float = 30.0) -> set[int]:
     """Read (and drop) up to each partition's end-of-partition event: the true end.
 
     The embedded broker's ListOffsets answer lags its log (measured: high watermark 504 for a partition holding
@@ -48,6 +47,7 @@ def _skip_to_end(consumer: Consumer, topic: str, n_partitions: int, timeout_s: f
         for msg in clients.records(consumer, 10_000, 0.2, on_eof=lambda m: at_end.add(m.partition()),
                                    on_error=lambda err: _fail(topic, err)):
             at_end.discard(msg.partition())
+    return at_end  # partitions known to be at their end now (their EOF event is spent)
 
 
 def follow(
@@ -58,13 +58,12 @@ def follow(
     The consumer is assigned before this returns (a missing topic raises ``KeyError`` here, not at the first
     message), so what is produced after the call is read, even when starting at the end.
     """
-    consumer, n_partitions = _consumer(settings, topic, from_beginning)
-    return _follow(consumer, topic, n_partitions, stop_at_end, idle_timeout)
+    consumer, n_partitions, at_end = _consumer(settings, topic, from_beginning)
+    return _follow(consumer, topic, n_partitions, stop_at_end, idle_timeout, at_end)
 
 
-def _follow(consumer: Consumer, topic: str, n_partitions: int, stop_at_end: bool, idle_timeout: float
-            ) -> Iterator[Message]:
-    at_end: set[int] = set()
+def _follow(consumer: Consumer, topic: str, n_partitions: int, stop_at_end: bool, idle_timeout: float,
+            at_end: set[int]) -> Iterator[Message]:
     try:
         while True:
             eofs: list[Message] = []
@@ -92,7 +91,7 @@ def wait_for(settings: Settings, topic: str, predicate, timeout: float) -> list[
     """Read ``topic`` from the start until ``predicate(messages)`` holds or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     messages: list[Message] = []
-    consumer, _ = _consumer(settings, topic, True)
+    consumer, _, _ = _consumer(settings, topic, True)
     try:
         while not predicate(messages) and time.monotonic() < deadline:
             messages.extend(clients.records(consumer, 5000, 0.2, where=f"reading {topic}"))

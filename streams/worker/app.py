@@ -29,7 +29,7 @@ from streams.archive.lane import register_archiver
 from streams.drift.lane import register_drift_monitor
 from streams.drift.report import render_report
 from streams.engines.batch import BatchEngine
-from streams.engines.faust_agent import register_scoring_agent
+from streams.engines.faust_agent import ScoringAgent, register_scoring_agent
 from streams.kafka.broker import ensure_broker
 from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Publisher
@@ -79,8 +79,10 @@ class Worker:
             web_in_thread=False,
         )
         self.batch_engine: BatchEngine | None = None
+        self.scoring_agent: ScoringAgent | None = None
         if settings.engine == "faust":
-            register_scoring_agent(self.app, settings.kafka, settings.scoring, self.pipeline, self.publisher)
+            self.scoring_agent = register_scoring_agent(self.app, settings.kafka, settings.scoring, self.pipeline,
+                                                        self.publisher)
         else:
             self.batch_engine = BatchEngine(settings.kafka, settings.scoring, self.pipeline, self.publisher)
         # Capabilities beside scoring: each receives the collaborators it needs, never the Worker.
@@ -131,7 +133,8 @@ class Worker:
     def fail(self, part: str, times: int) -> str:
         """Fault tests (STREAMSCORE_DEBUG_ENDPOINTS): make ``part`` crash ``times`` times, from the inside."""
         lanes = {"lag-monitor": self.lag, "drift-lane": self.drift.lane if self.drift else None,
-                 "registry-watcher": self.registry.watcher if self.registry else None}
+                 "registry-watcher": self.registry.watcher if self.registry else None,
+                 "faust-agent": self.scoring_agent}
         lane = lanes.get(part)
         if lane is not None:
             lane.inject_failures(times)
