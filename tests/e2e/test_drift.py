@@ -144,10 +144,12 @@ def test_shift_alerts_within_stated_delay_debounced_with_retrain_request_metrics
     assert float(psi.split()[-1]) == next(st.value for st in latest.statistics
                                           if (st.feature, st.statistic) == ("amount", "psi"))
 
-    tail = CliRunner().invoke(cli_app, ["tail", s.drift_topic, "--from-beginning", "--no-follow"], env=env, terminal_width=200)
+    tail = CliRunner().invoke(cli_app, ["tail", s.drift_topic, "--from-beginning", "--no-follow"], env=env,
+                              terminal_width=200)
     assert tail.exit_code == 0, tail.output
     assert "ALERT" in tail.output and all(name in tail.output for name in FEATURE_NAMES)
-    tail_alerts = CliRunner().invoke(cli_app, ["tail", s.alerts_topic, "--from-beginning", "--no-follow"], env=env, terminal_width=200)
+    tail_alerts = CliRunner().invoke(cli_app, ["tail", s.alerts_topic, "--from-beginning", "--no-follow"], env=env,
+                                     terminal_width=200)
     assert "ALERT firing" in tail_alerts.output and "retrain" in tail_alerts.output
     report = flow.log_dir / "drift.html"
     out = CliRunner().invoke(cli_app, ["drift", "report", "--out", str(report)], env=env)
