@@ -30,10 +30,12 @@ sealed prediction segment of the archive (a version of input topics only).
 >>> s = Settings(model_dir=root / "demo-risk" / "1", state_dir=root / "state")
 >>> resolve_model_dir(s, "demo-risk@1") == root / "demo-risk" / "1"
 True
+>>> resolve_model_dir(s, "models:/demo-risk/1") == root / "demo-risk" / "1"
+True
 >>> resolve_model_dir(s, "demo-risk")
 Traceback (most recent call last):
 ...
-ValueError: model 'demo-risk': give NAME@VERSION (e.g. demo-risk@1) or a model directory
+FileNotFoundError: model demo-risk: aliases need a model registry (none at ...); name a version or a model directory
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from datastore.storage import Storage
 from models.card import CARD_FILENAME
 from models.onnx_scorer import OnnxScorer
 from schemas.codecs import InvalidEvent
+from schemas.model_refs import parse_model_ref
 from schemas.records import FeatureEvent
 from schemas.validation import FeatureValidator, input_hash
 from streams.settings import Settings
@@ -71,12 +74,17 @@ def resolve_model_dir(settings: Settings, ref: str) -> Path:
     path = Path(ref)
     if (path / CARD_FILENAME).is_file():
         return path
-    name, _, version = ref.partition("@")
-    if not name or not version:
-        raise ValueError(f"model {ref!r}: give NAME@VERSION (e.g. demo-risk@1) or a model directory")
+    try:
+        parsed = parse_model_ref(ref)  # NAME@VERSION, models:/NAME/VERSION, models:/NAME@ALIAS
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or a model directory)") from None
+    name, version = parsed.name, parsed.target
     registered = _from_registry(settings, name, version)
     if registered is not None:
         return registered
+    if parsed.alias is not None or not parsed.pinned:  # an alias or a champion means something only in a registry
+        raise FileNotFoundError(f"model {ref}: aliases need a model registry (none at "
+                                f"{settings.state_dir / 'registry'}); name a version or a model directory")
     candidate = settings.model_dir.parent.parent / name / version
     if not (candidate / CARD_FILENAME).is_file():
         raise FileNotFoundError(f"model {ref}: no {CARD_FILENAME} in {candidate} (and not in a model registry)")

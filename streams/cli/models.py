@@ -31,6 +31,8 @@ from schemas.codecs import InvalidEvent, decode_feature_event
 from schemas.model_refs import ModelRef, ModelRefError, parse_model_ref
 from streams.cli.common import make_console, require_broker
 from streams.cli.produce import read_jsonl
+from streams.cli.retrain import approve_cmd as retrain_approve
+from streams.cli.retrain import log_cmd as retrain_log
 from streams.kafka import clients
 from streams.kafka.broker import ensure_broker
 from streams.settings import Settings
@@ -264,8 +266,13 @@ def route(
 
 
 @models_app.command()
-def log(n: Annotated[int, typer.Option("-n", help="Newest records shown.")] = 20) -> None:
-    """The registry change log (newest last)."""
+def log(
+    n: Annotated[int, typer.Option("-n", help="Newest records shown.")] = 20,
+    lifecycle: Annotated[bool, typer.Option("--lifecycle", help="Also the closed loop's steps (request, dataset, "
+                                            "candidate, shadow, gate, promoted/rejected) from the lifecycle topic.")
+                         ] = False,
+) -> None:
+    """The registry change log (newest last); with --lifecycle, the retrain steps that led to each change."""
     table = Table("seq", "at (UTC)", "by", "key", "change", "detail")
     for r in list(read_log(_registry(publish=False).log_path))[-n:]:
         c = r.change
@@ -273,6 +280,15 @@ def log(n: Annotated[int, typer.Option("-n", help="Newest records shown.")] = 20
                                       orjson.dumps(r.route).decode() if r.route else "", c.reason] if x)
         table.add_row(str(r.seq), _when(r.at_ms), r.by, r.key, c.kind, detail)
     console.print(table)
+    if lifecycle:
+        console.print("lifecycle (the closed loop, `streamscore retrain log`):", highlight=False)
+        retrain_log(n)
+
+
+@models_app.command()
+def approve(name: str, version: str) -> None:
+    """Approve NAME@VERSION in manual mode (same as `streamscore retrain approve`): promoted once its gate passes."""
+    retrain_approve(name, version)
 
 
 @models_app.command()

@@ -18,6 +18,7 @@ import time
 from contextlib import ExitStack
 
 import faust
+from confluent_kafka import KafkaException
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -30,12 +31,13 @@ from streams.drift.lane import register_drift_monitor
 from streams.drift.report import render_report
 from streams.engines.batch import BatchEngine
 from streams.engines.faust_agent import ScoringAgent, register_scoring_agent
+from streams.kafka import clients
 from streams.kafka.broker import ensure_broker
 from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Publisher
 from streams.kafka.topics import ensure_topics
 from streams.learning.lane import register_learning
-from streams.logs import logging_config
+from streams.logs import configure_logging, logging_config
 from streams.routing.watcher import register_registry
 from streams.scoring.pipeline import ScoringPipeline
 from streams.scoring.registry import prediction_encoder, schema_resolver
@@ -204,7 +206,7 @@ class Worker:
         async def readyz(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
             assigned, broker = worker.ready, worker.lag.broker_reachable  # both cached: no I/O per probe
             scoring = worker.health.report()
-            routing_ok = worker.registry is None or worker.registry.watcher.health()["healthy"]
+            routing_ok = worker.registry is None or (worker.registry.healthy and worker.registry.watcher.alive)
             body = {
                 "ready": assigned and broker and scoring["status"] == "ok" and routing_ok,
                 "healthy": scoring["status"] == "ok",
@@ -296,6 +298,25 @@ class _FaustWorker(faust.Worker):
             self.bind_error = exc  # mode would log a 60-line traceback and exit 1
 
 
+def _wait_for_broker(settings: Settings, interval_s: float = 5.0) -> None:
+    """Create the flow's topics, waiting for the broker as long as it takes: one log line per interval, not a crash
+    (a worker started before its Kafka cluster, or during an outage, starts once the cluster answers)."""
+    waited_since = None
+    while True:
+        try:
+            ensure_topics(settings)
+        except KafkaException as exc:
+            waited_since = waited_since or time.monotonic()
+            log.warning("broker %s not reachable (%s); retrying every %.0f s (waiting %.0f s so far)",
+                        settings.bootstrap_servers, exc, interval_s,
+                        time.monotonic() - waited_since)
+            time.sleep(interval_s)
+            continue
+        if waited_since is not None:
+            log.warning("broker %s answered after %.0f s", settings.bootstrap_servers, time.monotonic() - waited_since)
+        return
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM (which stop it gracefully).
 
@@ -304,8 +325,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """
 
     check_web_port(settings)
+    level = {"crit": "CRITICAL", "warn": "WARNING"}.get(loglevel.lower(), loglevel.upper())
+    configure_logging(settings.log_format, level)  # until Faust sets up its own: the broker wait below
+    clients.quiet()  # librdkafka's log: one line per kind of trouble a minute (an outage logged 7,195 lines in 45 s)
     ensure_broker(settings)
-    ensure_topics(settings)
+    _wait_for_broker(settings)
     with ExitStack() as stack:
         try:
             stack.enter_context(hold_serving_lease(settings.model_dir))
