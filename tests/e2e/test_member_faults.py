@@ -44,9 +44,9 @@ def assert_exact_rescores(by_id: dict[str, list[dict]]) -> int:
 @pytest.mark.parametrize("engine", ["faust"])
 def test_a_kill_9_loop_loses_nothing(flow):
     s = flow.settings
-    events = sample_events(81, 12_000)
+    events = sample_events(81, 24_000)
     producer = threading.Thread(target=produce, args=(s, flow.json_topic, list(encode_events(events))),
-                                kwargs={"rate": 1000})  # ~12 s of stream for three kills
+                                kwargs={"rate": 1000})  # ~24 s of stream for three kills (a restart takes 3-10 s)
     worker = flow.start_worker()
     producer.start()
     kills = 0
