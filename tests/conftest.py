@@ -72,9 +72,9 @@ class Flow:
     def avro_topic(self) -> str:
         return next(t for t, f in self.settings.input_topics.items() if f == "avro")
 
-    def start_worker(self, wait: bool = True, **overrides: object) -> subprocess.Popen:
+    def start_worker(self, wait: bool = True, loglevel: str = "warn", **overrides: object) -> subprocess.Popen:
         settings = self.settings.model_copy(update={"web_port": free_port(), **overrides})
-        proc = start_worker(settings, self.log_dir / f"worker-{len(self.workers)}.log")
+        proc = start_worker(settings, self.log_dir / f"worker-{len(self.workers)}.log", loglevel=loglevel)
         proc.settings = settings  # type: ignore[attr-defined]  # its web port, for health checks
         self.workers.append(proc)
         if wait and not wait_ready(settings.web_port, timeout=90, proc=proc):

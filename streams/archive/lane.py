@@ -56,7 +56,7 @@ from datastore.epochs import Epoch
 from datastore.manifest import SegmentManifest
 from datastore.retention import apply_retention, compact
 from datastore.storage import Storage, open_storage
-from streams.background import BackgroundThread
+from streams.background import NOT_STARTED, BackgroundThread
 from streams.kafka import clients
 from streams.logs import configure_logging
 from streams.settings import Settings
@@ -427,7 +427,9 @@ class ArchiverProcess(Service):
     def health(self) -> dict[str, object]:
         """Healthy while the child runs; between its death and its restart (2 s) /healthz says so."""
         proc = self.proc
-        alive = proc is not None and proc.poll() is None
+        if proc is None:
+            return {"healthy": False, "alive": False, "reason": NOT_STARTED}
+        alive = proc.poll() is None
         return {"healthy": alive, "alive": alive, "pid": proc.pid if proc else None, "restarts": self.restarts,
                 **({} if alive else {"reason": f"archiver process exited with {proc.returncode if proc else None}"})}
 

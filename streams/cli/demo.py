@@ -26,11 +26,11 @@ from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+def start_worker(settings: Settings, log_path: Path, loglevel: str = "warn") -> subprocess.Popen:
     """Run `streamscore worker` as a child process with exactly these settings."""
     env = {**os.environ, **settings.as_env()}
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    return subprocess.Popen([sys.executable, "-m", "streams.cli.main", "worker", "--loglevel", "warn"],
+    return subprocess.Popen([sys.executable, "-m", "streams.cli.main", "worker", "--loglevel", loglevel],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
 
 

@@ -50,7 +50,9 @@ def test_live_metrics_pass_promtool_with_the_archiver_childs_values_once(flow):
     s = flow.settings = flow.settings.model_copy(update={"archive": True, "log_format": "json"})
     events = sample_events(51, 400)
     produce(s, flow.json_topic, encode_events(events, "json"))
-    worker = flow.start_worker(archive_mode="process", archive_segment_records=100, archive_segment_seconds=0.5)
+    # info: the child's "archiver stopped" line is an info line, and every process honours --loglevel
+    worker = flow.start_worker(archive_mode="process", archive_segment_records=100, archive_segment_seconds=0.5,
+                               loglevel="info")
     port = worker.settings.web_port
     store = LocalStorage(s.data_path)
     wanted = {flow.json_topic: len(events), s.prediction_topic: len(events)}
