@@ -465,11 +465,11 @@ def _loop_steps(s: Settings, console: Console, steps: StepPrinter, concept_label
                                                                 changed_from=0)))
         steps.say(f"produced {LOOP_GATE} events + labels (new rule): scored by both, for the gate")
         sent, deadline = 0, time.monotonic() + LOOP_WAIT_S
-        while (steps.stage("promoted") is None and steps.stage("rejected") is None and sent < len(stream) - 300
-               and time.monotonic() < deadline):
+        while steps.stage("promoted") is None and steps.stage("rejected") is None and time.monotonic() < deadline:
             steps.check_children()
-            produce(s, topic, encode_events(stamped_now(stream[sent:sent + LOOP_STEP])))
-            sent += LOOP_STEP
+            if sent < len(stream) - 300:  # keep traffic flowing; once it is spent, the gate still gets its time
+                produce(s, topic, encode_events(stamped_now(stream[sent:sent + LOOP_STEP])))
+                sent += LOOP_STEP
             time.sleep(0.3)
         if steps.stage("promoted") is None:
             steps.say("[red]no promotion[/] (see the retrain log)")

@@ -123,6 +123,10 @@ class BatchEngine:
             self._thread.join(timeout)
 
     @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

@@ -27,6 +27,7 @@ from models.scorer import Scorer
 from models.serving import hold_serving_lease
 from streams import metrics
 from streams.archive.lane import register_archiver
+from streams.background import NOT_STARTED
 from streams.drift.lane import register_drift_monitor
 from streams.drift.report import render_report
 from streams.engines.batch import BatchEngine
@@ -114,7 +115,8 @@ class Worker:
                                             self.settings.stall_after_s, assigned=lambda: self.ready).probe)
         if self.batch_engine is not None:
             engine = self.batch_engine
-            health.add("batch-engine", lambda: {"healthy": engine.alive, "alive": engine.alive})
+            health.add("batch-engine", lambda: {"healthy": engine.alive, "alive": engine.alive} if engine.started
+                       else {"healthy": False, "alive": False, "reason": NOT_STARTED})
         health.add("lag-monitor", lag.health)
         if self.drift is not None:
             health.add("drift-lane", self.drift.lane.health)

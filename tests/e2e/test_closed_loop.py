@@ -235,7 +235,7 @@ def test_no_better_candidate_is_rejected_and_the_champion_keeps_serving(lflow: F
     gate = sample_events(82, N_GATE)
     produce(s, flow.json_topic, encode_events(gate))
     produce(s, s.labels_topic, labels_of(gate, rng.random(N_GATE) < risk_probability(matrix(gate))))
-    rejected = wait_until("the gate's rejection", lambda: stage(s, "rejected"), flow, timeout=60)
+    rejected = wait_until("the gate's rejection", lambda: stage(s, "rejected"), flow, timeout=150)
     assert isinstance(rejected, LifecycleEvent) and rejected.model_version == "2"
     assert stage(s, "promoted") is None
     result = stage(s, "gate_result")

@@ -114,8 +114,9 @@ def test_a_bind_lost_to_a_race_after_the_check_is_still_one_line(settings: Setti
     assert one_error_line(result) == (f"error: port {listener} is in use (another worker?); "
                                       "set STREAMSCORE_WEB_PORT or --web-port")
     assert serving_pids(settings.model_dir) == []  # the lease was released on the way out
-    assert sorted(p.name for p in settings.model_dir.iterdir()) == ["model.onnx", "model_card.json",
-                                                                     "reference_profile.json"]
+    # (leases of workers other tests killed with -9 may lie beside it: dead pids, ignored by design)
+    assert sorted(p.name for p in settings.model_dir.iterdir() if not p.name.startswith(".serving-")) == [
+        "model.onnx", "model_card.json", "reference_profile.json"]
 
 
 def test_a_launcher_tells_its_own_worker_from_another_on_the_port(settings: Settings,
