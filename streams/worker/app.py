@@ -32,7 +32,6 @@ from streams.drift.lane import register_drift_monitor
 from streams.drift.report import render_report
 from streams.engines.batch import BatchEngine
 from streams.engines.faust_agent import ScoringAgent, register_scoring_agent
-from streams.kafka import clients
 from streams.kafka.broker import ensure_broker
 from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Publisher
@@ -329,7 +328,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     check_web_port(settings)
     level = {"crit": "CRITICAL", "warn": "WARNING"}.get(loglevel.lower(), loglevel.upper())
     configure_logging(settings.log_format, level)  # until Faust sets up its own: the broker wait below
-    clients.quiet()  # librdkafka's log: one line per kind of trouble a minute (an outage logged 7,195 lines in 45 s)
     ensure_broker(settings)
     _wait_for_broker(settings)
     with ExitStack() as stack:
