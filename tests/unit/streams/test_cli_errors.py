@@ -6,35 +6,19 @@ artifacts/models/demo-risk/1, is the test's own) and needs no broker: the checks
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support import cli_process
+
+run_cli = functools.partial(cli_process.run_cli, columns=200)  # wide: the cases match whole one-line errors
 USER_MODEL = b"a user's model.onnx, not ours: must never be touched\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
-    full_env.update({"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                     "STREAMSCORE_STATE_DIR": str(cwd / "state"), "COLUMNS": "200",
-                     # the default 6066 may be taken on a shared machine: only the port cases use a busy one
-                     "STREAMSCORE_WEB_PORT": str(free_port()), **env})
-    return subprocess.run([sys.executable, "-m", "streams.cli.main", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def sha256(path: Path) -> str:
