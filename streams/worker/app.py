@@ -26,17 +26,13 @@ from models.onnx_scorer import OnnxScorer
 from models.scorer import Scorer
 from models.serving import hold_serving_lease
 from streams import metrics
-from streams.archive.lane import register_archiver
 from streams.background import NOT_STARTED
-from streams.drift.lane import register_drift_monitor
-from streams.drift.report import render_report
 from streams.engines.batch import BatchEngine
 from streams.engines.faust_agent import ScoringAgent, register_scoring_agent
 from streams.kafka.broker import ensure_broker
 from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Publisher
 from streams.kafka.topics import ensure_topics
-from streams.learning.lane import register_learning
 from streams.logs import configure_logging, logging_config
 from streams.routing.watcher import register_registry
 from streams.scoring.pipeline import ScoringPipeline
@@ -91,9 +87,27 @@ class Worker:
         app, features = self.app, self.scorer.feature_names
         group = self.batch_engine.group_id if self.batch_engine is not None else settings.app_id
         self.lag = register_lag_monitor(app, settings, group)  # lag gauge + broker reachability for /readyz
-        self.learning = register_learning(app, settings, features)  # River learners fed by the labels topic
-        self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion)
-        self.archiver = register_archiver(app, settings)  # inputs + predictions into sealed, versioned segments
+        self.learning = None
+        if settings.learner:  # River learners fed by the labels topic
+            from streams.learning.lane import register_learning  # heavy: river, pandas (~1 s, see below)
+
+            self.learning = register_learning(app, settings, features)
+        self.drift = self.archiver = None
+        # Capabilities are imported only when on: the drift lane pulls scipy.stats and (through river.drift)
+        # sklearn, 180 MB of RSS and 1.1-2.5 s of start-up (measured); learning river and pandas; the archiver
+        # pyarrow. A scoring-only worker needs none of them.
+        if settings.drift_window > 0:
+            from streams.drift.lane import register_drift_monitor  # heavy: scipy, sklearn (see above)
+
+            self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion)
+        else:
+            log.info("drift monitoring off (STREAMSCORE_DRIFT_WINDOW=0)")
+        if settings.archive:
+            from streams.archive.lane import register_archiver  # heavy: pyarrow (see above)
+
+            self.archiver = register_archiver(app, settings)  # inputs + predictions into sealed, versioned segments
+        else:
+            log.info("archiving off (STREAMSCORE_ARCHIVE=false)")
         self.registry = register_registry(app, settings, self.pipeline, features)  # versions, routing, hot swap
         self.health = self._health()
         self.app.service(_Lifecycle(self))
@@ -180,6 +194,8 @@ class Worker:
             if not records:
                 return web.html(render_missing_report(worker.drift is not None, worker.settings.drift_window),
                                 status=404)
+            from streams.drift.report import render_report  # heavy, and only with drift on (see Worker.__init__)
+
             page = await app.loop.run_in_executor(None, render_report, records)  # 120 records took 34 ms: off the loop
             return web.html(page)
 
