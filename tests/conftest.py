@@ -81,6 +81,15 @@ class Flow:
             raise AssertionError(f"worker not ready:\n{self.log()}")
         return proc
 
+    def start_workers(self, *names: str, **overrides: object) -> dict[str, subprocess.Popen]:
+        """Workers started together (so they join the group in one rebalance, not one each), once all are ready;
+        ``proc.settings.web_port`` is each one's port."""
+        procs = {name: self.start_worker(wait=False, worker_id=name, **overrides) for name in names}
+        for name, proc in procs.items():
+            if not wait_ready(proc.settings.web_port, timeout=60, proc=proc):  # type: ignore[attr-defined]
+                raise AssertionError(f"{name} not ready:\n{self.log()}")
+        return procs
+
     def log(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.log_dir.glob("worker-*.log")))
 

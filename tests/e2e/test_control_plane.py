@@ -10,16 +10,13 @@ a later valid change is applied. Counts are exact.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -40,6 +37,7 @@ from streams.routing.watcher import (
     ensure_registry_topic,
     registry_for,
 )
+from tests.support.registry_worker import start_on_known_port, wait_registry_status
 
 pytestmark = pytest.mark.e2e
 
@@ -69,26 +67,10 @@ def cflow(flow, model_dir, model_v2):
 
 
 # --- helpers -----------------------------------------------------------------------------------------
-def start(flow) -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    flow.start_worker(web_port=port)
-    return port
 
 
-def status(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/registry", timeout=5) as resp:
-        return json.loads(resp.read())
 
 
-def wait_status(port: int, predicate, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = status(port)
-        if predicate(current) or time.monotonic() > deadline:
-            return current
-        time.sleep(0.1)
 
 
 def champion_of(st: dict) -> str:
@@ -150,7 +132,7 @@ def test_forged_records_pointing_outside_the_registry_are_refused_and_the_champi
     s, registry = cflow.settings, cflow.registry
     outside = s.state_dir / "outside" / "model"  # the attacker's model, next to (not in) the registry directory
     shutil.copytree(model_v2, outside)
-    port = start(cflow)
+    port = start_on_known_port(cflow)
     before = latest(registry)
     v1 = before.model.versions["1"]
     state = before.model.model_copy(deep=True)
@@ -163,7 +145,7 @@ def test_forged_records_pointing_outside_the_registry_are_refused_and_the_champi
     assert forged.model.versions["x"].path.startswith("../")
     publish_raw(s, forged)  # unsigned
     publish_raw(s, sign_record(forged, OTHER_KEY))  # signed, with a key that is not the deployment's
-    st = wait_status(port, lambda st: st["control"]["rejected_total"] >= 2)
+    st = wait_registry_status(port, lambda st: st["control"]["rejected_total"] >= 2)
 
     reasons = [r["reason"] for r in st["control"]["rejected"]]
     assert st["control"]["rejected_total"] == 2 and len(reasons) == 2, st["control"]
@@ -180,7 +162,7 @@ def test_forged_records_pointing_outside_the_registry_are_refused_and_the_champi
 @pytest.mark.parametrize("engine", ["batch"])
 def test_a_record_with_seq_10_to_the_12_is_refused_and_a_later_promote_is_applied(cflow):
     s, registry = cflow.settings, cflow.registry
-    port = start(cflow)
+    port = start_on_known_port(cflow)
     before = latest(registry)
     state = before.model.model_copy(deep=True)
     state.aliases["champion"] = "2"
@@ -191,7 +173,7 @@ def test_a_record_with_seq_10_to_the_12_is_refused_and_a_later_promote_is_applie
         kind="promote", version="2", alias="champion", previous="1"), model=state, at_ms=0, by="replay"),
         s.signing_key_bytes())
     publish_raw(s, ahead)
-    st = wait_status(port, lambda st: st["control"]["rejected_total"] >= 1)
+    st = wait_registry_status(port, lambda st: st["control"]["rejected_total"] >= 1)
     assert st["control"]["rejected_total"] == 1 and "seq jumps" in st["control"]["rejected"][0]["reason"]
     assert st["control"]["seq"] == before.seq and champion_of(st) == "demo-risk@1" and st["healthy"] is True
     assert {p["model_version"] for p in score(cflow, 62, 100)} == {"1"}
@@ -200,7 +182,7 @@ def test_a_record_with_seq_10_to_the_12_is_refused_and_a_later_promote_is_applie
     done = cli(s, "models", "promote", "demo-risk", "2")  # a real CLI process, as an operator runs it
     assert done.returncode == 0, done.stdout + done.stderr
     promoted = time.monotonic()
-    st = wait_status(port, lambda st: champion_of(st) == "demo-risk@2")
+    st = wait_registry_status(port, lambda st: champion_of(st) == "demo-risk@2")
     switched_s, cli_s = time.monotonic() - promoted, promoted - cli_started
     assert champion_of(st) == "demo-risk@2" and st["control"]["seq"] == before.seq + 1
     preds = score(cflow, 63, 100)
@@ -215,7 +197,7 @@ def test_a_record_with_seq_10_to_the_12_is_refused_and_a_later_promote_is_applie
 @pytest.mark.parametrize("engine", ["batch"])
 def test_tampered_onnx_is_refused_by_promote_and_by_the_worker_which_keeps_serving(cflow):
     s, registry = cflow.settings, cflow.registry
-    port = start(cflow)
+    port = start_on_known_port(cflow)
     artifact = registry.root / "models" / "demo-risk" / "2" / "model.onnx"
     original = artifact.read_bytes()
     v1 = latest(registry).model.versions["1"]
@@ -232,7 +214,7 @@ def test_tampered_onnx_is_refused_by_promote_and_by_the_worker_which_keeps_servi
     record = offline.promote("demo-risk", "2")
     artifact.write_bytes(original + b"\0")
     ControlPublisher(s)(record)
-    st = wait_status(port, lambda st: st["control"]["rejected_total"] >= 1 and not st["healthy"])
+    st = wait_registry_status(port, lambda st: st["control"]["rejected_total"] >= 1 and not st["healthy"])
     reason = st["control"]["rejected"][0]["reason"]
     assert st["control"]["rejected_total"] == 1 and "sha256" in reason and st["control"]["rejected"][0]["seq"] == \
         record.seq
@@ -244,7 +226,7 @@ def test_tampered_onnx_is_refused_by_promote_and_by_the_worker_which_keeps_servi
 
     artifact.write_bytes(original)  # repaired: the refused record is retried and applied, no restart
     repaired = time.monotonic()
-    st = wait_status(port, lambda st: champion_of(st) == "demo-risk@2" and st["healthy"], RETRY_REJECTED_S * 6)
+    st = wait_registry_status(port, lambda st: champion_of(st) == "demo-risk@2" and st["healthy"], RETRY_REJECTED_S * 6)
     recovered_s = time.monotonic() - repaired
     assert champion_of(st) == "demo-risk@2" and st["healthy"] and st["control"]["pending"] == []
     assert [p["model_version"] for p in score(cflow, 65)] == ["2"] * 200
@@ -260,7 +242,7 @@ def test_a_river_record_pointing_at_a_planted_pickle_never_runs_it(cflow, tmp_pa
     pickle.loads(pickle.dumps({"model": Touch(probe)}))  # the payload is live: plain unpickling runs it
     assert probe.exists()
 
-    port = start(cflow)
+    port = start_on_known_port(cflow)
     before = latest(registry)
     data = pickle.dumps({"model": Touch(marker)})
     sha = hashlib.sha256(data).hexdigest()
@@ -280,12 +262,12 @@ def test_a_river_record_pointing_at_a_planted_pickle_never_runs_it(cflow, tmp_pa
                             version="river-1"), model=state, at_ms=0, by="attacker")
     publish_raw(s, record)  # unsigned
     publish_raw(s, sign_record(record, OTHER_KEY))
-    st = wait_status(port, lambda st: st["control"]["rejected_total"] >= 2)
+    st = wait_registry_status(port, lambda st: st["control"]["rejected_total"] >= 2)
     assert st["control"]["rejected_total"] == 2 and st["healthy"] and champion_of(st) == "demo-risk@1"
     # even with the deployment key (stolen): the record pins the pickle's sha256 so it is taken, but the pickle
     # names posix.system, outside the exact allowlist: never unpickled, the table is not rebuilt
     publish_raw(s, sign_record(record, s.signing_key_bytes()))
-    st = wait_status(port, lambda st: not st["healthy"])
+    st = wait_registry_status(port, lambda st: not st["healthy"])
     assert st["healthy"] is False and "system" in st["last_error"] and "not an allowed class" in st["last_error"]
     assert champion_of(st) == "demo-risk@1" and st["control"]["rejected_total"] == 2
     preds = score(cflow, 66)

@@ -17,10 +17,8 @@ import orjson
 import pytest
 
 from models.demo import sample_events
-from streams.cli.demo import wait_ready
 from streams.cli.produce import encode_events, produce
 from streams.kafka.reader import read_all, wait_for
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -71,16 +69,13 @@ def test_a_kill_9_loop_loses_nothing(flow):
 @pytest.mark.parametrize("engine", ["faust", "batch"])
 def test_a_hung_member_loses_nothing_and_rejoins(flow):
     s = flow.settings
-    ports = {"worker-a": free_port(), "worker-b": free_port()}
-    procs = {name: flow.start_worker(wait=False, worker_id=name, web_port=port) for name, port in ports.items()}
-    for name, port in ports.items():
-        assert wait_ready(port, timeout=60, proc=procs[name]), f"{name} not ready:\n{flow.log()}"
+    procs = flow.start_workers("worker-a", "worker-b")
     events = sample_events(82, 40_000)
     producer = threading.Thread(target=produce, args=(s, flow.json_topic, list(encode_events(events))),
                                 kwargs={"rate": 1000})  # 40 s of stream: it flows before, during and after
     producer.start()
     wait_for(s, s.prediction_topic,
-             lambda ms: {orjson.loads(m.value())["worker"] for m in ms} == set(ports), timeout=60)
+             lambda ms: {orjson.loads(m.value())["worker"] for m in ms} == set(procs), timeout=60)
     frozen_at = time.time_ns() // 1_000_000
     os.kill(procs["worker-b"].pid, signal.SIGSTOP)
     time.sleep(30)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -32,6 +31,7 @@ from streams.kafka.publisher import Outbound, Publisher
 from streams.kafka.reader import read_all, wait_for
 from streams.routing.router import ABSplit
 from streams.routing.watcher import ensure_registry_topic, registry_for
+from tests.support.registry_worker import registry_status, start_on_known_port, wait_registry_status
 
 pytestmark = pytest.mark.e2e
 
@@ -71,27 +71,10 @@ def rflow(flow, model_dir, model_v2, model_bad):
     return flow
 
 
-def start(flow) -> int:
-    """Start a worker on a known web port, so the test can read its /registry status."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    flow.start_worker(web_port=port)
-    return port
 
 
-def status(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/registry", timeout=5) as resp:
-        return json.loads(resp.read())
 
 
-def wait_status(port: int, predicate, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = status(port)
-        if predicate(current) or time.monotonic() > deadline:
-            return current
-        time.sleep(0.1)
 
 
 def predictions(settings, topic: str, wanted: set[str], timeout: float = 60) -> list[dict]:
@@ -116,7 +99,7 @@ def send_labels(settings, events: list[dict], seed: int) -> None:
 # --- hot swap --------------------------------------------------------------------------------------
 def test_promote_mid_stream_swaps_within_seconds_with_every_event_scored_exactly_once(rflow):
     s = rflow.settings
-    start(rflow)
+    start_on_known_port(rflow)
     events = sample_events(41, 8000)
     producer = threading.Thread(target=produce, args=(s, rflow.json_topic, list(encode_events(events))),
                                 kwargs={"rate": 1000})
@@ -155,8 +138,8 @@ def test_promote_mid_stream_swaps_within_seconds_with_every_event_scored_exactly
 @pytest.mark.parametrize("engine", ["batch"])
 def test_every_worker_of_the_group_follows_a_promotion(rflow):
     s = rflow.settings
-    start(rflow)
-    start(rflow)  # two workers share the input partitions; each follows the control topic on its own
+    start_on_known_port(rflow)
+    start_on_known_port(rflow)  # two workers share the input partitions; each follows the control topic on its own
     during = sample_events(49, 3000)
     producer = threading.Thread(target=produce, args=(s, rflow.json_topic, list(encode_events(during))),
                                 kwargs={"rate": 1000})
@@ -187,7 +170,7 @@ def test_ab_split_is_sticky_per_entity_and_proportional(rflow):
     s = rflow.settings
     spec = {"policy": "ab", "variants": {"champion": 70, "challenger": 30}, "salt": "exp-7"}
     rflow.settings = s.model_copy(update={"routes": {"*": spec}})  # from configuration this time
-    start(rflow)
+    start_on_known_port(rflow)
     events = sample_events(43, 3000, n_entities=1500)
     produce(s, rflow.json_topic, encode_events(events))
     preds = predictions(s, s.prediction_topic, {e["event_id"] for e in events})
@@ -217,7 +200,7 @@ def test_ab_split_is_sticky_per_entity_and_proportional(rflow):
 def test_shadow_predictions_never_reach_the_prediction_topic(rflow):
     s = rflow.settings
     rflow.registry.set_route("*", {"policy": "shadow"})  # run-time route, as `streamscore models route` sets it
-    start(rflow)
+    start_on_known_port(rflow)
     events = sample_events(44, 600)
     produce(s, rflow.json_topic, encode_events(events))
     wanted = {e["event_id"] for e in events}
@@ -236,14 +219,14 @@ def test_canary_with_a_bad_model_is_rolled_back_automatically(rflow):
     s = rflow.settings
     rflow.registry.set_route("*", {"policy": "canary", "candidate": "3", "percent": 50, "max_error_rate": 0.3,
                                    "min_events": 30})
-    port = start(rflow)
+    port = start_on_known_port(rflow)
     first = sample_events(45, 400)
     produce(s, rflow.json_topic, encode_events(first))
     preds = predictions(s, s.prediction_topic, {e["event_id"] for e in first})
     canary_share = np.mean([p["model_version"] == "3" for p in preds])
     assert 0.2 < canary_share < 0.8
     send_labels(s, first, 45)
-    wait_status(port, lambda st: st["labels_rewarded"] >= 400)
+    wait_registry_status(port, lambda st: st["labels_rewarded"] >= 400)
     second = sample_events(46, 300)
     produce(s, rflow.json_topic, encode_events(second))
     after = predictions(s, s.prediction_topic, {e["event_id"] for e in second})
@@ -255,7 +238,7 @@ def test_canary_with_a_bad_model_is_rolled_back_automatically(rflow):
     assert rollback["route"]["rolled_back"] == rollback["change"]["reason"]
     assert ModelRegistry(rflow.registry.root, rflow.registry.features,
                          key=s.signing_key_bytes()).state.routes()["*"]["rolled_back"]
-    st = status(port)
+    st = registry_status(port)
     assert st["default"]["spec"]["rolled_back"] and st["canary_rollbacks"]
 
 
@@ -263,7 +246,7 @@ def test_canary_with_a_bad_model_is_rolled_back_automatically(rflow):
 def test_thompson_bandit_converges_to_the_better_model_on_label_rewards(rflow):
     s = rflow.settings
     rflow.registry.set_route("*", {"policy": "bandit", "arms": ["1", "3"], "algorithm": "thompson", "seed": 5})
-    port = start(rflow)
+    port = start_on_known_port(rflow)
     shares, rewarded = [], 0
     for round_ in range(4):
         seed = 50 + round_
@@ -274,8 +257,8 @@ def test_thompson_bandit_converges_to_the_better_model_on_label_rewards(rflow):
         shares.append(float(np.mean([p["model_version"] == "1" for p in preds])))
         send_labels(s, events, seed)
         rewarded += len(events)
-        wait_status(port, lambda st, r=rewarded: st["labels_rewarded"] >= r)
-    stats = status(port)["default"]["stats"]
+        wait_registry_status(port, lambda st, r=rewarded: st["labels_rewarded"] >= r)
+    stats = registry_status(port)["default"]["stats"]
     print(f"share of the better arm per round: {shares}; arm stats {stats}")
     assert 0.25 < shares[0] < 0.75  # no prior: both arms explored
     assert shares[-1] > 0.9 and stats["1"]["mean_reward"] > 0.8 > 0.2 > stats["3"]["mean_reward"]
@@ -290,7 +273,7 @@ def test_composite_champion_scores_the_declared_blend_of_its_parts(rflow, model_
     spec = CompositeSpec(kind="weighted_average", parts=[Part(model="demo-risk", version="1", weight=3),
                                                          Part(model="demo-risk", version="challenger", weight=1)])
     rflow.registry.register_composite("demo-risk", "blend-1", spec)
-    start(rflow)
+    start_on_known_port(rflow)
     rflow.registry.promote("demo-risk", "blend-1")  # a composite is promoted like any version
     time.sleep(1.5)
     events = sample_events(47, 300)
@@ -312,7 +295,7 @@ def test_drift_monitoring_follows_the_promoted_champion(rflow, model_v2):
     s = rflow.settings = rflow.settings.model_copy(update={
         "drift_window": 300, "drift_interval_s": 0.3, "drift_thresholds": DriftThresholds(min_events=100),
         "drift_topic": f"drift-{rflow.settings.app_id}"})
-    port = start(rflow)
+    port = start_on_known_port(rflow)
 
     def records() -> list[DriftRecord]:
         try:
@@ -327,7 +310,7 @@ def test_drift_monitoring_follows_the_promoted_champion(rflow, model_v2):
         assert time.monotonic() < deadline, "no drift record for v1"
         time.sleep(0.2)
     rflow.registry.promote("demo-risk", "2")
-    wait_status(port, lambda st: "demo-risk@2" in json.dumps(st))
+    wait_registry_status(port, lambda st: "demo-risk@2" in json.dumps(st))
     produce(s, rflow.json_topic, encode_events(sample_events(44, 100)))
     v2 = ModelCard.load(model_v2)
     deadline = time.monotonic() + 30
@@ -345,7 +328,7 @@ def test_drift_monitoring_follows_the_promoted_champion(rflow, model_v2):
                                                          Part(model="demo-risk", version="1", weight=1)])
     rflow.registry.register_composite("demo-risk", "blend-1", spec)
     rflow.registry.promote("demo-risk", "blend-1")
-    wait_status(port, lambda st: "demo-risk@blend-1" in json.dumps(st))
+    wait_registry_status(port, lambda st: "demo-risk@blend-1" in json.dumps(st))
     produce(s, rflow.json_topic, encode_events(sample_events(45, 100)))
     deadline = time.monotonic() + 30
     while not (blended := [r for r in records() if r.model_version == "blend-1"]):
