@@ -326,9 +326,9 @@ def _wait_for_broker(settings: Settings, retry_s: float = 5.0, log_every_s: floa
             waited_since = waited_since or started
             if started - logged_at >= log_every_s:
                 logged_at = started
-                log.warning("broker %s not reachable (%s); trying every %.1f s (%d attempt(s), %.0f s so far; "
-                            "`streamscore broker up` starts the embedded one)", settings.bootstrap_servers,
-                            _first_line(exc), retry_s, attempts, time.monotonic() - waited_since,
+                log.warning("broker %s not reachable (%s); trying every %.1f s (%d attempt(s), %.0f s so far); %s",
+                            settings.bootstrap_servers, _first_line(exc), retry_s, attempts,
+                            time.monotonic() - waited_since, _broker_hint(settings),
                             extra={"summary_kind": RATE_LIMITED})
             time.sleep(max(0.0, retry_s - (time.monotonic() - started)))
             continue
@@ -336,6 +336,12 @@ def _wait_for_broker(settings: Settings, retry_s: float = 5.0, log_every_s: floa
             log.warning("broker %s answered after %.0f s (%d failed attempt(s)); starting", settings.bootstrap_servers,
                         time.monotonic() - waited_since, attempts)
         return
+
+
+def _broker_hint(settings: Settings) -> str:
+    if settings.is_embedded:
+        return "`streamscore broker up` starts the embedded broker"
+    return f"is it running? STREAMSCORE_BROKER={settings.broker} names it"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -268,7 +268,8 @@ def test_a_worker_started_against_an_unreachable_address_retries_then_scores(run
     waited_s, failed = map(int, re.search(r"answered after (\d+) s \((\d+) failed attempt", answered[0]).groups())
     retries = ours[:ours.index(answered[0])]
     address = w.settings.bootstrap_servers
-    assert retries and all(f"broker {address} not reachable" in r and "`streamscore broker up`" in r for r in retries)
+    hint = f"is it running? STREAMSCORE_BROKER=kafka://{address} names it"
+    assert retries and all(f"broker {address} not reachable" in r and r.endswith(hint) for r in retries), retries
     # a try every 5 s, a line every WAIT_LOG_S (the first at once): 2 lines and 3+ tries in the 12+ s wait
     assert 2 <= len(retries) <= math.ceil(waited_s / WAIT_LOG_S) + 1, retries
     assert failed > len(retries) and failed >= waited_s // 5, answered

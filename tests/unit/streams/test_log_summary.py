@@ -203,7 +203,7 @@ def test_start_up_wait_tries_every_retry_s_and_logs_once_per_interval(monkeypatc
     assert len(attempts) == 14 and set(attempts) == {0.5}
     assert len(messages) == 5, messages
     assert messages[0] == ("broker 127.0.0.1:1 not reachable (Failed to get metadata: Local: Broker transport failure);"
-                           " trying every 0.5 s (1 attempt(s), 0 s so far; `streamscore broker up` starts the embedded "
-                           "one)")
+                           " trying every 0.5 s (1 attempt(s), 0 s so far); is it running? STREAMSCORE_BROKER="
+                           "kafka://127.0.0.1:1 names it")
     assert "(5 attempt(s), 2 s so far" in messages[1] and "(13 attempt(s), 6 s so far" in messages[3]
     assert messages[4] == "broker 127.0.0.1:1 answered after 6 s (13 failed attempt(s)); starting"
