@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="'text': Faust's log lines; 'json': one JSON object per line (python-json-logger) for "
         "log collectors, the same format from the worker and its archiver child.")
+    log_repeat_interval_s: float = Field(
+        60.0, gt=0, description="Lines alike (same logger and message template; librdkafka's: same facility) are "
+        "logged once per this interval, the next one saying how many were left out; tracebacks and the worker's "
+        "own progress lines are never left out. A 50 s broker outage logged ~4,000 lines per worker without it.")
     lag_interval_s: float = Field(5.0, gt=0, description="How often each worker measures its group's consumer lag.")
     stall_after_s: float = Field(
         10.0, gt=0, description="/healthz fails when the engine has lag on its partitions but consumed nothing for "

@@ -487,7 +487,9 @@ if __name__ == "__main__":  # the worker's archiver child process (ArchiverProce
     args = parser.parse_args()
     child_settings = Settings()
     # the worker's format (text or JSON) and --loglevel (handed down in STREAMS_LOGLEVEL), on the worker's stdout
-    configure_logging(child_settings.log_format, os.environ.get("STREAMS_LOGLEVEL", "INFO").upper())
+    configure_logging(child_settings.log_format, os.environ.get("STREAMS_LOGLEVEL", "INFO").upper(),
+                      child_settings.log_repeat_interval_s)
+    clients.quiet()  # librdkafka's log summarised: it wrote 640 FAIL lines to stderr in a 50 s outage
     if args.metrics_port:
         disable_created_metrics()  # as the worker does (streams/metrics.py): no *_created series to forward
         start_http_server(args.metrics_port, addr="127.0.0.1")

@@ -3,8 +3,8 @@
 Defaults, security and the embedded-broker tweaks are set once (``Settings.kafka_client_config``), so a
 lane cannot forget SASL or use another fetch wait by accident. ``records`` is ``consume`` without the
 noise: partition EOFs are dropped (or counted, for readers that stop at the end) and other errors are
-logged once per kind and minute instead of once per poll (a worker logged 7,195 lines in 45 s of broker
-outage when every poll logged).
+logged once per kind and minute (``streams.logs.Summariser``) instead of once per poll (a worker logged
+7,195 lines in 45 s of broker outage when every poll logged).
 
 >>> from streams.settings import Settings
 >>> conf = consumer_config(Settings().kafka, group_id="g", background=True)
@@ -17,12 +17,12 @@ True
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
+from streams.logs import SUMMARY, summarise_root
 from streams.settings import KafkaSettings
 
 __all__ = ["admin", "admin_at", "consumer", "consumer_config", "producer", "quiet", "records", "standalone_consumer",
@@ -33,40 +33,24 @@ log = logging.getLogger(__name__)
 Config = dict[str, str | int | bool | float]
 
 
-class _OncePerFacility(logging.Filter):
-    """Lets through one librdkafka line per facility (FAIL, REQTMOUT, ...) and ``interval_s``; counts the rest.
-
-    librdkafka logs every failed connect of every client: ~200 lines for one `tail` against a stopped broker.
-    """
-
-    def __init__(self, interval_s: float = 60.0) -> None:
-        super().__init__()
-        self.interval_s = interval_s
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        facility = str(record.args[0]) if isinstance(record.args, tuple) and record.args else record.msg
-        now = time.monotonic()
-        last, repeats = self._last.get(facility, (float("-inf"), 0))
-        if now - last < self.interval_s:
-            self._last[facility] = (last, repeats + 1)
-            return False
-        self._last[facility] = (now, 0)
-        if repeats:
-            record.msg = f"{record.msg} (and {repeats} more like it)"
-        return True
-
-
 _rdkafka_log: logging.Logger | None = None
 
 
-def quiet(interval_s: float = 60.0) -> None:
-    """From now on, every client of this process sends librdkafka's log to the ``librdkafka`` logger, one line per
-    facility and ``interval_s`` (the command line calls this; a worker keeps librdkafka's own logging)."""
+def quiet(interval_s: float | None = None) -> None:
+    """From now on, every client of this process sends librdkafka's log to the ``librdkafka`` logger, summarised
+    (``streams.logs.SUMMARY``: one line per facility such as FAIL or REQTMOUT and interval, with a count of the rest).
+
+    Every command calls this, the worker and the archiver child included: librdkafka logs every failed connect of
+    every client (~200 lines for one `tail` against a stopped broker, 640 in a 50 s outage from the archiver
+    child, which did not call it). confluent-kafka then delivers a client's log lines when that client is polled
+    (consume/poll), never from librdkafka's threads: an admin client that is never polled drops them with it,
+    a quiet producer keeps them queued until its next poll.
+    """
     global _rdkafka_log
+    summarise_root(interval_s)  # the command line's handler: consume errors (``records``) are summarised there
     if _rdkafka_log is None:
         _rdkafka_log = logging.getLogger("librdkafka")
-        _rdkafka_log.addFilter(_OncePerFacility(interval_s))
+        _rdkafka_log.addFilter(SUMMARY)
 
 
 def _base(kafka: KafkaSettings) -> Config:
@@ -134,25 +118,10 @@ def admin_at(address: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": address})
 
 
-class _ErrorLog:
-    """Logs each kind of consume error at most once per ``interval_s`` (with how often it repeated)."""
-    def __init__(self, interval_s: float = 60.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[tuple[str, int], tuple[float, int]] = {}
-
-    def __call__(self, where: str, err: KafkaError) -> None:
-        key = (where, err.code())
-        now = time.monotonic()
-        last, repeats = self._last.get(key, (float("-inf"), 0))
-        if now - last >= self.interval_s:
-            more = f" (and {repeats} more like it)" if repeats else ""
-            log.warning("%s: %s%s", where, err, more)
-            self._last[key] = (now, 0)
-        else:
-            self._last[key] = (last, repeats + 1)
-
-
-_error_log = _ErrorLog()
+def _error_log(where: str, err: KafkaError) -> None:
+    """A consume error, one line per ``where`` and error code and interval (``streams.logs.SUMMARY`` counts the
+    rest: a worker logged 7,195 lines in 45 s of broker outage when every poll logged)."""
+    log.warning("%s: %s", where, err, extra={"summary_kind": (where, err.code())})
 
 
 def records(

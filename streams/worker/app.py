@@ -29,11 +29,12 @@ from streams import metrics
 from streams.background import NOT_STARTED
 from streams.engines.batch import BatchEngine
 from streams.engines.faust_agent import ScoringAgent, register_scoring_agent
+from streams.kafka import clients
 from streams.kafka.broker import ensure_broker
 from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Publisher
 from streams.kafka.topics import ensure_topics
-from streams.logs import configure_logging, logging_config
+from streams.logs import RATE_LIMITED, configure_logging, logging_config, summarise_root
 from streams.routing.watcher import register_registry
 from streams.scoring.pipeline import ScoringPipeline
 from streams.scoring.registry import prediction_encoder, schema_resolver
@@ -41,6 +42,7 @@ from streams.scoring.tracing import configure_otlp
 from streams.settings import Settings
 from streams.worker.health import Health, ProgressWatch
 from streams.worker.lag import register_lag_monitor
+from streams.worker.outage import OutageWatch, OutageWatchService
 from streams.worker.status_page import StatusPage, render, render_body, render_missing_report
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,10 @@ class Worker:
         else:
             log.info("archiving off (STREAMSCORE_ARCHIVE=false)")
         self.registry = register_registry(app, settings, self.pipeline, features)  # versions, routing, hot swap
+        lag = self.lag
+        self.outage = OutageWatch(lambda: lag.broker_reachable, settings.bootstrap_servers,
+                                  answer_age_s=lambda: lag.last_answer_age_s)  # an outage's first and last line
+        self.app.service(OutageWatchService(self.outage))
         self.health = self._health()
         self.app.service(_Lifecycle(self))
         self._register_pages()
@@ -131,6 +137,7 @@ class Worker:
             health.add("batch-engine", lambda: {"healthy": engine.alive, "alive": engine.alive} if engine.started
                        else {"healthy": False, "alive": False, "reason": NOT_STARTED})
         health.add("lag-monitor", lag.health)
+        health.add("broker", self.outage.health)  # reachable or not: never failing (not the worker's fault)
         if self.drift is not None:
             health.add("drift-lane", self.drift.lane.health)
         if self.archiver is not None:
@@ -314,24 +321,49 @@ class _FaustWorker(faust.Worker):
                 raise
             self.bind_error = exc  # mode would log a 60-line traceback and exit 1
 
+    def _setup_logging(self) -> None:
+        super()._setup_logging()
+        summarise_root()  # mode replaced the root handlers: repeated lines summarised on its handlers too
 
-def _wait_for_broker(settings: Settings, interval_s: float = 5.0) -> None:
-    """Create the flow's topics, waiting for the broker as long as it takes: one log line per interval, not a crash
-    (a worker started before its Kafka cluster, or during an outage, starts once the cluster answers)."""
-    waited_since = None
+
+def _wait_for_broker(settings: Settings, retry_s: float = 5.0, log_every_s: float | None = None) -> None:
+    """Create the flow's topics, waiting for the broker as long as it takes, not a crash (a worker started before its
+    Kafka cluster, or during an outage, starts once the cluster answers): a try every ``retry_s``, one log line per
+    ``log_every_s`` (``log_repeat_interval_s``) with the attempts so far, and one when the broker answers."""
+    log_every_s = settings.log_repeat_interval_s if log_every_s is None else log_every_s
+    waited_since: float | None = None
+    logged_at, attempts = float("-inf"), 0
     while True:
+        started = time.monotonic()
         try:
-            ensure_topics(settings)
+            ensure_topics(settings, timeout=retry_s)  # a dead address answers after the timeout, a refused one at once
         except KafkaException as exc:
-            waited_since = waited_since or time.monotonic()
-            log.warning("broker %s not reachable (%s); retrying every %.0f s (waiting %.0f s so far)",
-                        settings.bootstrap_servers, exc, interval_s,
-                        time.monotonic() - waited_since)
-            time.sleep(interval_s)
+            attempts += 1
+            waited_since = waited_since or started
+            if started - logged_at >= log_every_s:
+                logged_at = started
+                log.warning("broker %s not reachable (%s); trying every %.1f s (%d attempt(s), %.0f s so far); %s",
+                            settings.bootstrap_servers, _first_line(exc), retry_s, attempts,
+                            time.monotonic() - waited_since, _broker_hint(settings),
+                            extra={"summary_kind": RATE_LIMITED})
+            time.sleep(max(0.0, retry_s - (time.monotonic() - started)))
             continue
         if waited_since is not None:
-            log.warning("broker %s answered after %.0f s", settings.bootstrap_servers, time.monotonic() - waited_since)
+            log.warning("broker %s answered after %.0f s (%d failed attempt(s)); starting", settings.bootstrap_servers,
+                        time.monotonic() - waited_since, attempts)
         return
+
+
+def _broker_hint(settings: Settings) -> str:
+    if settings.is_embedded:
+        return "`streamscore broker up` starts the embedded broker"
+    return f"is it running? STREAMSCORE_BROKER={settings.broker} names it"
+
+
+def _first_line(exc: BaseException) -> str:
+    error = exc.args[0] if exc.args else exc
+    text = error.str() if hasattr(error, "str") else str(error)  # KafkaError: its text, not its repr
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
@@ -343,7 +375,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
     check_web_port(settings)
     level = {"crit": "CRITICAL", "warn": "WARNING"}.get(loglevel.lower(), loglevel.upper())
-    configure_logging(settings.log_format, level)  # until Faust sets up its own: the broker wait below
+    configure_logging(settings.log_format, level, settings.log_repeat_interval_s)  # until Faust's: the broker wait
+    clients.quiet(settings.log_repeat_interval_s)  # librdkafka's log summarised too (the CLI called it already)
     ensure_broker(settings)
     _wait_for_broker(settings)
     with ExitStack() as stack:
