@@ -288,7 +288,7 @@ class Settings(BaseSettings):
                                       "inside it are skipped (lifecycle request_skipped).")
     retrain_approval: Literal["auto", "manual"] = Field(
         "auto", description="auto: a candidate that passes the gate is promoted; manual: it waits for "
-        "`streamscore retrain approve NAME VERSION`.")
+        "`streamscore models approve NAME VERSION` (or `streamscore retrain approve`, the same command).")
     retrain_route_topic: str = Field("*", description="Input topic (or '*') whose route the service sets to shadow "
                                      "while a candidate is judged, and back to the champion after.")
     retrain_gate_min_samples: int = Field(300, ge=10, description="Paired labelled events (scored by both champion "

@@ -287,7 +287,8 @@ def log(
 
 @models_app.command()
 def approve(name: str, version: str) -> None:
-    """Approve NAME@VERSION in manual mode (same as `streamscore retrain approve`): promoted once its gate passes."""
+    """Approve NAME@VERSION in manual mode (STREAMSCORE_RETRAIN_APPROVAL=manual): the retrain service promotes it once
+    its gate has passed (an approval is not a bypass). Same as `streamscore retrain approve`."""
     retrain_approve(name, version)
 
 

@@ -1,5 +1,8 @@
 """`streamscore retrain` (the retrain service), `streamscore retrain approve NAME VERSION`, `streamscore retrain log`.
 
+`streamscore models approve NAME VERSION` is the same approval (the documented one: approvals are a model-registry
+step); both write the lifecycle topic's ``approved`` event.
+
 See docs/closed_loop.md. The service reads the retrain-requests topic in its own group (``<app_id>-retrain``) and
 writes every step to the lifecycle topic (``STREAMSCORE_RETRAIN_LIFECYCLE_TOPIC``, default ``model-lifecycle``).
 
@@ -40,7 +43,9 @@ def retrain(
     s = settings(retrain_approval=approval)
     if s.registry_model is None:
         fail("the retrain service needs STREAMSCORE_REGISTRY_MODEL (the registry model it retrains and promotes)")
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the root command already configured logging (at warn): basicConfig here would be a no-op, and the service's
+    # steps (info) were never written
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     raise typer.Exit(run_service(s))
 
 

@@ -7,7 +7,8 @@ Each event carries the ids that link it: ``request_id`` → ``alert_id`` → ``d
 named) → ``dataset_version`` (the archive's content id of those inputs) → ``training_dataset`` (inputs joined with
 labels, content-addressed) → ``model_version``. The topic has ONE partition, so its order is the loop's order;
 the retrain service folds it on start (``LoopState``) to know what is in flight, what was handled and when the
-model was last retrained. ``streamscore retrain approve`` writes its ``approved`` event here too.
+model was last retrained. ``streamscore models approve`` (= ``streamscore retrain approve``) writes its
+``approved`` event here too.
 
 >>> e = LifecycleEvent(stage="request_received", model_name="m", request_id="r1", alert_id="a1", at_ms=5, by="me")
 >>> decode(encode(e)) == e

@@ -297,8 +297,11 @@ class RetrainService:
                                   np.array([c.challenger_scores[e] for e in eids]), y, self.gate_cfg)
                 if not result.decided:
                     if lifecycle.now_ms() - c.started_ms > self.s.retrain_gate_max_wait_s * 1000:
+                        # the counts tell why: no challenger prediction at all means no worker applied the shadow
+                        # route (or no event came); no pair despite both means the labels are missing
                         self._end(c, False, f"gate timed out after {self.s.retrain_gate_max_wait_s:g} s: "
-                                  f"{result.reason}")
+                                  f"{result.reason} (read: {len(c.champion_scores)} champion predictions, "
+                                  f"{len(c.challenger_scores)} challenger predictions, {len(labels.by_id)} labels)")
                     continue
                 c.result = result
                 detail = {k: v for k, v in result.as_dict().items() if k != "reason"}
@@ -310,7 +313,7 @@ class RetrainService:
                     continue
                 if self.s.retrain_approval == "manual":
                     self.emit("awaiting_approval", name, model_version=c.version, champion_version=c.champion_version,
-                              reason=f"run `streamscore retrain approve {name} {c.version}`", **c.ids)
+                              reason=f"run `streamscore models approve {name} {c.version}`", **c.ids)
             if c.result is not None and c.result.passed and (
                     self.s.retrain_approval == "auto" or (name, c.version) in self.state.approved):
                 self._end(c, True, c.result.reason)

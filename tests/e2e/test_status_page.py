@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from models.demo import FEATURE_NAMES, sample_events
 from streams.cli.produce import bad_payloads, encode_events, produce
 from streams.settings import Settings
 from tests.conftest import Flow, free_port
+from tests.support.waiting import wait_until
 from tests.unit.streams.test_drift_monitor import SHIFT
 
 pytestmark = pytest.mark.e2e
@@ -66,16 +67,6 @@ def status(port: int) -> dict:
     code, body = get(port, "/status.json")
     assert code == 200, body
     return json.loads(body)
-
-
-def wait_until(what: str, predicate: Callable[[], object], flow: Flow, timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{flow.log()}")
 
 
 def chromium(url: str, out_dir: Path, *args: str) -> str:
