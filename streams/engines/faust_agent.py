@@ -48,15 +48,9 @@ DRAIN_TIMEOUT_S = 10.0
 
 
 def inbound(message: Message) -> InboundMessage:
-    return InboundMessage(
-        message.topic,
-        message.partition,
-        message.offset,
-        message.key,
-        message.value,
-        int(message.timestamp * 1000) if message.timestamp else None,
-        list(message.headers or ()),
-    )
+    headers, timestamp = message.headers, message.timestamp
+    return InboundMessage(message.topic, message.partition, message.offset, message.key, message.value,
+                          int(timestamp * 1000) if timestamp else None, list(headers) if headers else None)
 
 
 class ScoringAgent:
