@@ -280,9 +280,34 @@ TARGETS = {"baseline": 1.0, "batch, as deployed": 1.0, "batch, scoring only": 1.
 SCORING_ONLY = {"drift_window": 0, "archive": False}
 
 
-def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 10_000) -> None:
+class UnknownRows(ValueError):
+    """``--only`` names no row: the user's mistake (one line, exit 2)."""
+
+
+def select_rows(names: list[str], only: str | None) -> list[str]:
+    """The rows ``--only`` keeps: the baseline (every ratio needs it) and each row whose name contains one of the
+    comma-separated filters. A filter that matches nothing is a mistake (``UnknownRows``), not an empty run.
+
+    >>> select_rows(["baseline", "batch, as deployed", "faust, scoring only"], "faust")
+    ['baseline', 'faust, scoring only']
+    >>> select_rows(["baseline", "batch, as deployed"], None)
+    ['baseline', 'batch, as deployed']
+    """
+    if not only:
+        return names
+    filters = [f.strip() for f in only.split(",") if f.strip()]
+    unmatched = [f for f in filters if not any(f in name for name in names)]
+    if unmatched or not filters:
+        raise UnknownRows(f"--only {only!r}: no row matches {', '.join(unmatched) or 'an empty filter'}; rows: "
+                         f"{'; '.join(names)}")
+    return [name for name in names if name == "baseline" or any(f in name for f in filters)]
+
+
+def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 10_000, only: str | None = None) -> None:
 
     ensure_demo_model(settings)  # a bad STREAMSCORE_MODEL_DIR fails before a broker is started for nothing
+    # a bad --only fails before the broker starts too
+    select_rows(list(dict.fromkeys(["baseline", *TARGETS, "batch, scoring only, 2 workers"])), only)
     ensure_broker(settings)
     scorer = OnnxScorer.from_dir(settings.model_dir)
     events = sample_events(12345, n)
@@ -307,6 +332,7 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 10
         "faust, scoring only": ("faust", SCORING_ONLY, 1),
         "batch, scoring only, 2 workers": ("batch", SCORING_ONLY, 2),
     }
+    runs = {label: runs[label] for label in select_rows(list(runs), only)}
     for label, (engine, overrides, workers) in runs.items():
         topic = f"bench-in-{engine or 'base'}-{uuid.uuid4().hex[:6]}"
         ensure_topics(settings, [topic])
@@ -341,8 +367,9 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 10
         table.add_row(name, f"{r['throughput']:,.0f}", f"{ratio:.2f}", mark,
                       "" if r["p50"] != r["p50"] else f"{r['p50']:.1f}",
                       "" if r["p99"] != r["p99"] else f"{r['p99']:.1f}", f"{r['rss']:.0f}")
-    one, two = results["batch, scoring only"]["throughput"], results["batch, scoring only, 2 workers"]["throughput"]
-    table.add_row(f"scaling 1 → 2 workers (batch, scoring only): ×{two / one:.2f}", "", "", "", "", "", "")
+    if "batch, scoring only" in results and "batch, scoring only, 2 workers" in results:
+        one, two = results["batch, scoring only"]["throughput"], results["batch, scoring only, 2 workers"]["throughput"]
+        table.add_row(f"scaling 1 → 2 workers (batch, scoring only): ×{two / one:.2f}", "", "", "", "", "", "")
     table.add_row(f"ScoringPipeline.process in process (batch 256, no Kafka): "
                   f"{pipeline_cost['us_per_event']:.2f} µs/event, ONNX {pipeline_cost['onnx_us_per_event']:.2f}",
                   f"{1e6 / pipeline_cost['us_per_event']:,.0f}", "", "", "", "", "")
@@ -352,12 +379,13 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 10
     from online_learning.bench import bench_learners  # heavy: river + pandas, ~0.7 s
 
     with console.status("River learners, in process (prequential predict-then-learn)"):
-        learner_rows = bench_learners(min(n, 50_000))
+        learner_rows = [] if only else bench_learners(min(n, 50_000))  # --only: the rows asked for
     for row in learner_rows:
         table.add_row(f"River {row['learner']} ({row['mode']}, batch {row['batch']}, no Kafka)",
                       f"{row['events_per_s']:,.0f}", f"{row['events_per_s'] / onnx_rate:.2f}*", "", "", "", "")
     console.print(table)
-    console.print("* River rows: ratio to raw onnxruntime rows/s.")
+    if learner_rows:
+        console.print("* River rows: ratio to raw onnxruntime rows/s.")
     console.print(f"latency: {paced_rate} events/s paced for 5 s after 1 s of warm-up, event time → output on the "
                   f"broker (target p99 < 50 ms); peak RSS: VmHWM of the worker and its children, summed "
                   f"(target ≤ 300 MB). The machine is shared: compare ratios within one run.")

@@ -318,12 +318,15 @@ def demo(
 def bench(
     events: Annotated[int, typer.Option(help="Events per measured run.")] = 100_000,
     quick: Annotated[bool, typer.Option(help="Smaller runs, for a smoke check.")] = False,
+    only: Annotated[str | None, typer.Option(help="Only the rows whose name contains one of these comma-separated "
+                                             "filters (e.g. 'scoring only' or 'faust,2 workers'), plus the "
+                                             "baseline; no River rows.")] = None,
 ) -> None:
     """Measure end-to-end throughput and latency against raw confluent-kafka and raw onnxruntime."""
-    from streams.cli.bench import run_bench  # heavy: the benchmark's imports, ~0.3 s: only for `bench`
+    from streams.cli.bench import UnknownRows, run_bench  # heavy: the benchmark's imports, ~0.3 s: only for `bench`
 
-    with user_errors():
-        run_bench(settings(), 20_000 if quick else events, console)
+    with user_errors(UnknownRows):
+        run_bench(settings(), 20_000 if quick else events, console, only=only)
 
 
 app.add_typer(learners_app, name="learners")  # online learning: list|show|rollback snapshots

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams import metrics
+from streams.engines.heap import freeze_startup_heap
 from streams.kafka import clients
 from streams.kafka.publisher import Delivery, Outbound, Publisher
 from streams.scoring.pipeline import InboundMessage, ScoringPipeline
@@ -114,6 +115,7 @@ class BatchEngine:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        freeze_startup_heap()  # full collections walked the whole start-up heap: 20 % of a worker's CPU (heap.py)
         self._thread = threading.Thread(target=self.run, name="batch-lane", daemon=True)
         self._thread.start()
 
@@ -151,10 +153,12 @@ class BatchEngine:
         try:
             consumer.subscribe(list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
             within = s.batch_within_ms / 1000
+            serve = self.publisher.serve
             while not self.stopping.is_set():
                 messages = clients.records(consumer, s.batch_size, within, where=self.group_id)
                 if messages:
                     self._process(messages)
+                serve()  # this thread serves its delivery reports: no GIL hand-off per message (publisher.py)
                 self._commit_acknowledged(consumer)
         finally:
             self._drain(consumer, self.stop_wait_s)
@@ -167,17 +171,23 @@ class BatchEngine:
     def _process(self, messages: list) -> None:
         batch, offsets = [], {}
         for m in messages:
-            batch.append(InboundMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                        m.timestamp()[1], m.headers()))
-            offsets[(m.topic(), m.partition())] = m.offset() + 1
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            batch.append(InboundMessage(topic, partition, offset, m.key(), m.value(), m.timestamp()[1], m.headers()))
+            offsets[(topic, partition)] = offset + 1
         if not batch:
             return
         result = self.pipeline.process(batch)
         self._in_flight.append(_Pending(self.publisher.send_batch(result.outputs), offsets))
         # No deadline: the publisher retries until the broker takes every output, however long it is away.
         while len(self._in_flight) >= self.max_in_flight and not self.stopping.is_set():
-            self._in_flight[0].delivery.done.wait(0.1)
+            self._wait_for_head(0.1)
             self._collect()
+
+    def _wait_for_head(self, timeout: float) -> None:
+        """Serve delivery reports here until the oldest batch in flight completes (or ``timeout``)."""
+        done = self._in_flight[0].delivery.done
+        if not done.is_set() and not self.publisher.serve(timeout):
+            done.wait(timeout)  # the poll thread is serving them right now
 
     def _collect(self) -> None:
         """Move offsets of fully acknowledged batches (in consume order) to the commit set."""
@@ -219,7 +229,7 @@ class BatchEngine:
         """Wait up to ``timeout`` for in-flight outputs, then commit what is acknowledged."""
         deadline = time.monotonic() + timeout
         while self._in_flight and time.monotonic() < deadline:
-            self._in_flight[0].delivery.done.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._wait_for_head(min(0.1, max(0.0, deadline - time.monotonic())))
             self._collect()
         self._commit_acknowledged(consumer, force=True)
 

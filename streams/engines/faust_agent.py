@@ -30,6 +30,7 @@ from faust.types import TP, Message
 
 from streams import metrics
 from streams.engines.batch import adopt_offsets, batch_group_id
+from streams.engines.heap import freeze_startup_heap
 from streams.kafka.faust_transport import StreamscoreApp
 from streams.kafka.publisher import Delivery, Publisher
 from streams.scoring.pipeline import InboundMessage, ScoringPipeline
@@ -47,15 +48,9 @@ DRAIN_TIMEOUT_S = 10.0
 
 
 def inbound(message: Message) -> InboundMessage:
-    return InboundMessage(
-        message.topic,
-        message.partition,
-        message.offset,
-        message.key,
-        message.value,
-        int(message.timestamp * 1000) if message.timestamp else None,
-        list(message.headers or ()),
-    )
+    headers, timestamp = message.headers, message.timestamp
+    return InboundMessage(message.topic, message.partition, message.offset, message.key, message.value,
+                          int(timestamp * 1000) if timestamp else None, list(headers) if headers else None)
 
 
 class ScoringAgent:
@@ -133,9 +128,19 @@ def register_scoring_agent(
 
     app.batch_drains.append(drain)
 
+    def score_and_send(batch: list[InboundMessage], received_ms: int, loop: asyncio.AbstractEventLoop) -> Delivery:
+        """On the scoring thread: score, produce, and serve the delivery reports due so far. Served here, a report
+        costs no GIL hand-off; the publisher's poll thread, contending with this thread for every report, was
+        what held the agent back (streams/kafka/publisher.py). Producing here also keeps the event loop free."""
+        result = pipeline.process(batch, received_ms)
+        delivery = publisher.send_batch(result.outputs, loop)
+        publisher.serve()
+        return delivery
+
     @app.agent(batches, name="score")
     async def score(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
+        freeze_startup_heap()  # full collections walked the whole start-up heap (streams/engines/heap.py)
         messages: list[Message] = []
         live[:] = [stream.channel.queue]
         try:
@@ -151,9 +156,8 @@ def register_scoring_agent(
                 batch = [inbound(message) for message in messages]
                 scoring[0] = True
                 try:
-                    result = await loop.run_in_executor(scoring_thread, pipeline.process, batch, received_ms)
-                    task = asyncio.create_task(
-                        ack_when_delivered(publisher.send_batch(result.outputs, loop), messages))
+                    delivery = await loop.run_in_executor(scoring_thread, score_and_send, batch, received_ms, loop)
+                    task = asyncio.create_task(ack_when_delivered(delivery, messages))
                 except BaseException:
                     in_flight.release()
                     raise

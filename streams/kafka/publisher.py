@@ -13,6 +13,14 @@ by the broker), which is what makes the flow at-least-once. ``Publisher.send_bat
   INVALID_RECORD): listed in ``Delivery.rejected`` with the error, so the engine can dead-letter that one
   input and ack it, instead of a whole lane dying on one record (before, one such message raised
   DeliveryError and killed the batch engine's thread or crashed the Faust agent).
+
+Delivery callbacks are where the worker's time went (py-spy of a batch-engine worker under a backlog, 2-core
+box): confluent-kafka takes the GIL back for every delivery report, so a poll thread serving them while the
+scoring thread runs waits for the GIL once per message, the 32-batch window fills and the scoring thread
+stalls until it drains. Two changes: the first attempt of every message of a batch shares one callback (no
+closure per message; a failed message is found by its topic, key and value, on the error path only), and the
+thread that sends can serve the reports itself (``serve``) while it is running, so they are served without a
+GIL hand-off; the poll thread serves them only when no one else has for ``FOREGROUND_GRACE_S``.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -55,6 +64,9 @@ PERMANENT_ERRORS = frozenset({
 MISSING_TOPIC_ERRORS = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
                                   KafkaError._UNKNOWN_PARTITION})
 RETRY_BACKOFF_S = (0.2, 10.0)  # first and longest wait before we produce a failed message again
+# The poll thread leaves delivery reports to a thread that called ``serve`` within this long: the batch engine
+# serves every 5 ms (its consume wait), the Faust engine after every batch it scores.
+FOREGROUND_GRACE_S = 0.02
 
 
 @dataclass(slots=True)
@@ -86,7 +98,7 @@ class Delivery:
         return [err for _, err in self.rejected]
 
     def _settle(self) -> None:
-        self.pending -= 1  # callbacks run on the single poll thread, so no lock is needed
+        self.pending -= 1  # reports are served by one thread at a time (Publisher._serving), so no lock is needed
         if self.pending == 0:
             self._finish()
 
@@ -138,32 +150,60 @@ class Publisher:
         self._seq = itertools.count()
         self._missing_topics: set[str] = set()
         self._stop = threading.Event()
+        # Held by whoever serves delivery reports: one thread at a time, so Delivery needs no lock of its own.
+        self._serving = threading.RLock()
+        self._foreground_at = float("-inf")  # when a sending thread last served reports itself (``serve``)
         self._poller = threading.Thread(target=self._poll_loop, name="publisher-poll", daemon=True)
         self._poller.start()
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            if time.monotonic() - self._foreground_at < FOREGROUND_GRACE_S:
+                self._stop.wait(FOREGROUND_GRACE_S)  # a sending thread serves them, without a GIL hand-off
+            elif not self._serve(FOREGROUND_GRACE_S):
+                self._stop.wait(0.001)
             if self._retries:
                 self._retry_due()
 
-    # --- per-record outcomes ---------------------------------------------------------------------
-    def _produce(self, m: Outbound, delivery: Delivery, attempt: int = 0) -> None:
-        def on_delivery(err: KafkaError | None, _msg: object) -> None:
-            self._outcome(m, delivery, attempt, err)
+    def _serve(self, timeout: float) -> bool:
+        if not self._serving.acquire(blocking=False):
+            return False  # another thread is serving them right now
+        try:
+            self._producer.poll(timeout)
+        finally:
+            self._serving.release()
+        return True
 
-        kwargs = {} if m.partition is None else {"partition": m.partition}
+    def serve(self, timeout: float = 0.0) -> bool:
+        """Serve delivery reports on the calling thread, for up to ``timeout`` s (returns at the first one).
+
+        A thread that sends batches calls this while it runs (after each batch, and instead of waiting on a
+        ``Delivery``); the poll thread then stays out of the way. False: another thread was serving them.
+        """
+        self._foreground_at = time.monotonic()
+        return self._serve(timeout)
+
+    # --- per-record outcomes ---------------------------------------------------------------------
+    def _produce(self, m: Outbound, delivery: Delivery, attempt: int = 0,
+                 on_delivery: Callable[[KafkaError | None, object], None] | None = None) -> None:
+        if on_delivery is None:  # a retry: its own callback, which knows the attempt
+            def on_delivery(err: KafkaError | None, _msg: object) -> None:
+                self._outcome(m, delivery, attempt, err)
+
         while True:
             try:
-                self._producer.produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery, **kwargs)
-                return
-            except BufferError:  # local queue full: the poll thread drains it
-                if threading.current_thread() is self._poller:
-                    self._producer.poll(0.05)
+                if m.partition is None:
+                    self._producer.produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery)
                 else:
+                    self._producer.produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery,
+                                           partition=m.partition)
+                return
+            except BufferError:  # local queue full: serve reports to drain it (or let the thread serving do so)
+                if not self._serve(0.05):
                     time.sleep(0.005)
             except KafkaException as exc:  # refused before sending (e.g. over message.max.bytes)
-                self._outcome(m, delivery, attempt, exc.args[0])
+                with self._serving:  # outcomes are counted by one thread at a time
+                    self._outcome(m, delivery, attempt, exc.args[0])
                 return
 
     def _outcome(self, m: Outbound, delivery: Delivery, attempt: int, err: KafkaError | None) -> None:
@@ -221,8 +261,27 @@ class Publisher:
         if not messages:
             delivery._finish()
             return delivery
+        unmatched: dict[tuple, list[Outbound]] = {}
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:  # one per batch: no closure per message
+            if err is None:
+                delivery._settle()
+                return
+            # The error path only: which of the batch's outputs this report is about. Built on the first error;
+            # equal (topic, key, value) outputs are interchangeable, each is matched once.
+            if not unmatched:
+                for out in reversed(messages):
+                    unmatched.setdefault((out.topic, out.key, out.value), []).append(out)
+            outs = unmatched.get((msg.topic(), msg.key(), msg.value()))
+            if not outs:  # cannot happen: librdkafka reports each message it was given once
+                log.error("a delivery report matches none of its batch's outputs (%s): the batch cannot complete",
+                          err)
+                return
+            self._outcome(outs.pop(), delivery, 0, err)
+
+        produce = self._produce
         for m in messages:
-            self._produce(m, delivery)
+            produce(m, delivery, 0, on_delivery)
         return delivery
 
     @property

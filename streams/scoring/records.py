@@ -159,12 +159,13 @@ class RecordBuilder:
                 "source_offset": m.offset, "schema_version": e.schema_version}, topic)
                 for m, e, h, score, label, probs in zip(msgs, events, hashes, scores, label_texts, probabilities,
                                                          strict=True)]
-        version_header, route_header = version.encode(), route.encode()
+        # The same two header tuples for the whole batch (headers are read, never changed, by the producer).
+        version_header, route_header = ("model_version", version.encode()), ("route", route.encode())
         tracing = self.tracing
         outputs = []
         for msg, event, value in zip(msgs, events, values, strict=True):
             event_id = event.event_id.encode()
-            headers = [("event_id", event_id), ("model_version", version_header), ("route", route_header)]
+            headers = [("event_id", event_id), version_header, route_header]
             if msg.headers:  # only inputs with headers pay for trace context (streams/scoring/tracing.py)
                 attributes = None if tracing.tracer is None else span_attributes(
                     msg.topic, msg.partition, msg.offset, model.name, version, route)
