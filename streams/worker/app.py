@@ -92,7 +92,7 @@ class Worker:
         group = self.batch_engine.group_id if self.batch_engine is not None else settings.app_id
         self.lag = register_lag_monitor(app, settings, group)  # lag gauge + broker reachability for /readyz
         self.learning = register_learning(app, settings, features)  # River learners fed by the labels topic
-        self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion)
+        self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion, self.pipeline)
         self.archiver = register_archiver(app, settings)  # inputs + predictions into sealed, versioned segments
         self.registry = register_registry(app, settings, self.pipeline, features)  # versions, routing, hot swap
         self.health = self._health()
