@@ -40,6 +40,7 @@ records, which Kafka delivers again. Not thread-safe: one thread drives an ``Arc
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -73,9 +74,10 @@ class _Open(Generic[T]):
     def __init__(self, writer: SegmentWriter, undecided: bool) -> None:
         self.writer = writer
         self.tokens: list[T] = []
-        # offset -> record, to compare a redelivery with the open copy (references to the consumed records, no copy;
-        # archiving 50k records took 1.71-1.88 s against 1.68-1.71 s before epochs, best of 3, shared machine)
-        self.held: dict[int, SourceRecord] = {}
+        # offset -> digest of the record's canonical bytes, to compare a redelivery with the open copy. Not the
+        # record itself: 10k open records per partition (inputs and predictions, 8 partitions) held ~80 MB of
+        # consumed records in the archiver (docs/side-lanes-cost.md); a 16-byte digest is ~150 B per record.
+        self.held: dict[int, bytes] = {}
         # Opened while the incarnation was still undecided: its records move to a new epoch if one starts.
         self.undecided = undecided
         self.records: list[tuple[SourceRecord, T]] = []
@@ -94,6 +96,10 @@ class _Session:
 def _differences(new: SourceRecord, old: SourceRecord) -> str:
     fields = [f for f in ("key", "value", "timestamp_ms", "headers") if getattr(new, f) != getattr(old, f)]
     return f"offset {new.offset}: {', '.join(fields) or 'encoding'} differ"
+
+
+def _digest(canonical: bytes) -> bytes:
+    return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
 @dataclass
@@ -282,7 +288,9 @@ class Archive(Generic[T]):
             held = current.held.get(rec.offset)
             if held is None:
                 return _Verdict("gap", f"offset {rec.offset}: in a gap of the open segment")
-            return _Verdict("same") if encode(held) == encode(rec) else _Verdict("differs", _differences(rec, held))
+            if held == _digest(encode(rec, epoch)):
+                return _Verdict("same")
+            return _Verdict("differs", f"offset {rec.offset}: differs from the open segment's copy")
         if not self._covered(tp, epoch, rec.offset, refresh=refresh):
             return _Verdict("unknown")
         row = archived_row(self.storage, *tp, epoch, rec.offset)
@@ -338,9 +346,9 @@ class Archive(Generic[T]):
         if current is None:
             writer = self._new_writer(rec.topic, rec.partition, session.epoch.epoch)
             current = self._open[tp] = _Open(writer, undecided=session.pending)
-        current.writer.append(rec, self._row(rec))
+        canonical = current.writer.append(rec, self._row(rec))
         current.tokens.append(token)
-        current.held[rec.offset] = rec
+        current.held[rec.offset] = _digest(canonical)
         if current.undecided:
             current.records.append((rec, token))
         if current.writer.count >= self.segment_records:

@@ -26,7 +26,7 @@ from models.onnx_scorer import OnnxScorer
 from models.scorer import Scorer
 from models.serving import hold_serving_lease
 from streams import metrics
-from streams.archive.lane import register_archiver
+from streams.archive.service import register_archiver
 from streams.background import NOT_STARTED
 from streams.drift.lane import register_drift_monitor
 from streams.drift.report import render_report
