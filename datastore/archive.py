@@ -52,7 +52,7 @@ from datastore.canonical import SourceRecord, encode
 from datastore.catalog import Coverage, archived_row, coverage_of
 from datastore.epochs import Epoch, Reason, current_epoch, record_topic_id, start_epoch
 from datastore.manifest import Kind, SegmentManifest
-from datastore.records import event_row, label_row, prediction_row, source_of
+from datastore.records import event_row, event_rows, label_row, prediction_row, source_of
 from datastore.segment import SegmentWriter
 from datastore.spool import WriterSpool
 from datastore.storage import Storage
@@ -145,7 +145,8 @@ class Archive(Generic[T]):
     def add(self, items: Sequence[tuple[SourceRecord, T]]) -> list[T]:
         """Archive records (in consumption order); returns the tokens that may be acked now."""
         ackable: list[T] = []
-        for rec, token in items:
+        rows = self._event_rows(items)
+        for i, (rec, token) in enumerate(items):
             tp = (rec.topic, rec.partition)
             session = self._session(tp)
             if not session.verified or session.pending or (
@@ -166,7 +167,7 @@ class Archive(Generic[T]):
             if current is not None and rec.offset < current.writer.first_offset:  # type: ignore[operator]
                 # Rewound before the open segment and not archived: keep every segment in offset order.
                 ackable += self._seal(tp, "flush")
-            ackable += self._append(tp, rec, token)
+            ackable += self._append(tp, rec, token, rows.get(i))
             self.stats["records_written"] += 1
             self._counts[(rec.topic, "written")] += 1
         if self._deferred:
@@ -340,13 +341,29 @@ class Archive(Generic[T]):
             self._deferred += self._append(tp, r, token)
 
     # --- internals -----------------------------------------------------------------------------
-    def _append(self, tp: TP, rec: SourceRecord, token: T) -> list[T]:
+    def _event_rows(self, items: Sequence[tuple[SourceRecord, T]]) -> dict[int, dict[str, Any]]:
+        """Rows of the batch's input records, decoded in bulk (``event_rows``), by position in ``items``.
+
+        Also for records that turn out to be skipped (already archived): rare, and cheaper than a second pass.
+        """
+        by_topic: dict[str, list[int]] = {}
+        for i, (rec, _) in enumerate(items):
+            by_topic.setdefault(rec.topic, []).append(i)
+        rows: dict[int, dict[str, Any]] = {}
+        for topic, where in by_topic.items():
+            spec = self._spec(topic)
+            if spec.kind == "event":
+                decoded = event_rows([items[i][0] for i in where], spec.wire_format, self.max_payload_bytes)
+                rows.update(zip(where, decoded, strict=True))
+        return rows
+
+    def _append(self, tp: TP, rec: SourceRecord, token: T, row: dict[str, Any] | None = None) -> list[T]:
         session = self._session(tp)
         current = self._open.get(tp)
         if current is None:
             writer = self._new_writer(rec.topic, rec.partition, session.epoch.epoch)
             current = self._open[tp] = _Open(writer, undecided=session.pending)
-        canonical = current.writer.append(rec, self._row(rec))
+        canonical = current.writer.append(rec, row if row is not None else self._row(rec))
         current.tokens.append(token)
         current.held[rec.offset] = _digest(canonical)
         if current.undecided:

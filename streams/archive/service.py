@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -103,7 +104,7 @@ class ArchiverProcess(Service):
         # stdout/stderr are the worker's: the child's log lines land in the worker's log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.archive.lane", "--metrics-port", str(self.metrics.port)], env=env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            preexec_fn=functools.partial(_child_setup, self.settings.archive_nice))
         log.info("archiver process started (pid %d)", self.proc.pid)
 
     async def on_start(self) -> None:
@@ -182,8 +183,19 @@ def register_archiver(app: AppT, settings: Settings) -> ArchiveService | Archive
 
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the worker dies (Linux), as a container's processes die together."""
+def _child_setup(nice: int) -> None:
+    """In the child, before exec: a lower CPU priority, and SIGKILL when the worker dies (Linux), as a container's
+    processes die together.
+
+    Niced because archiving is not latency-bound (records are acked once sealed, 30 s segments by default) but
+    costs ~2x scoring's CPU per event (two fastavro records, docs/side-lanes-cost.md): on a box whose cores are
+    all busy it takes CPU from scoring only where scoring leaves some, and catches up when the load falls.
+    """
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    if sys.platform != "linux":
+        return
     # (the spawning thread is the event loop's, which lives as long as the worker)
     with contextlib.suppress(OSError):  # no libc: an orphaned archiver still seals and commits on SIGTERM
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
