@@ -229,8 +229,8 @@ class Settings(BaseSettings):
     )
     drift_interval_s: float = Field(5.0, gt=0, description="How often the window is compared with the reference.")
     drift_max_events_per_s: int = Field(
-        5000, ge=1, description="Inputs the drift lane decodes per second at most; above it the window holds a "
-        "sample of the stream (the lane shares the worker's CPU and GIL with scoring).",
+        5000, ge=1, description="Inputs the drift window takes per second at most (from the batches scoring has "
+        "decoded); above it the window holds a sample of the stream, spread over each batch.",
     )
     drift_thresholds: DriftThresholds = Field(
         default_factory=DriftThresholds,

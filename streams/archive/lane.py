@@ -9,7 +9,9 @@ group's commits, and it runs the same under both engines. A confluent-kafka cons
 default (``STREAMSCORE_ARCHIVE_MODE=process``) the worker runs that thread in a child process
 (``python -m streams.archive.lane``) that it supervises: fastavro encoding every record costs as much
 Python as scoring it, and inside the worker it held the GIL against scoring (faust engine 6.5 s → 11.2 s
-for a 50k backlog, measured; docs/data_versioning.md). ``thread`` keeps it in the worker process.
+for a 50k backlog, measured; docs/data_versioning.md). ``thread`` keeps it in the worker process. The Faust
+services that run it (``streams/archive/service.py``) are not imported here, so the child loads no Faust, mode
+or aiohttp (its import RSS 65 → 52 MB; docs/side-lanes-cost.md).
 
 Delivery: ``enable.auto.commit`` is off and an offset is committed only once every record below it is in
 a sealed segment (file fsynced, published atomically, manifest written). A ``kill -9`` therefore loses only

@@ -7,7 +7,9 @@ import orjson
 
 from datastore.archive import Archive, TopicSpec
 from datastore.canonical import SourceRecord
+from datastore.catalog import list_manifests
 from datastore.records import event_row, event_rows
+from datastore.segment import read_segment
 from datastore.storage import LocalStorage
 from models.demo import sample_events
 
@@ -49,9 +51,6 @@ def test_bulk_input_rows_equal_the_per_record_rows_for_every_kind_of_value() -> 
 
 
 def test_archive_rows_written_are_those_of_the_per_record_path(tmp_path) -> None:
-    from datastore.catalog import list_manifests
-    from datastore.segment import read_segment
-
     recs = records(variants())
     arc: Archive[int] = Archive(LocalStorage(tmp_path), {"features": TopicSpec("event", "json")}, 1000, 60,
                                 codec="null", writer="t")
