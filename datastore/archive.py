@@ -40,6 +40,7 @@ records, which Kafka delivers again. Not thread-safe: one thread drives an ``Arc
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -51,7 +52,7 @@ from datastore.canonical import SourceRecord, encode
 from datastore.catalog import Coverage, archived_row, coverage_of
 from datastore.epochs import Epoch, Reason, current_epoch, record_topic_id, start_epoch
 from datastore.manifest import Kind, SegmentManifest
-from datastore.records import event_row, label_row, prediction_row, source_of
+from datastore.records import event_row, event_rows, label_row, prediction_row, source_of
 from datastore.segment import SegmentWriter
 from datastore.spool import WriterSpool
 from datastore.storage import Storage
@@ -73,9 +74,10 @@ class _Open(Generic[T]):
     def __init__(self, writer: SegmentWriter, undecided: bool) -> None:
         self.writer = writer
         self.tokens: list[T] = []
-        # offset -> record, to compare a redelivery with the open copy (references to the consumed records, no copy;
-        # archiving 50k records took 1.71-1.88 s against 1.68-1.71 s before epochs, best of 3, shared machine)
-        self.held: dict[int, SourceRecord] = {}
+        # offset -> digest of the record's canonical bytes, to compare a redelivery with the open copy. Not the
+        # record itself: 10k open records per partition (inputs and predictions, 8 partitions) held ~80 MB of
+        # consumed records in the archiver (docs/side-lanes-cost.md); a 16-byte digest is ~150 B per record.
+        self.held: dict[int, bytes] = {}
         # Opened while the incarnation was still undecided: its records move to a new epoch if one starts.
         self.undecided = undecided
         self.records: list[tuple[SourceRecord, T]] = []
@@ -94,6 +96,10 @@ class _Session:
 def _differences(new: SourceRecord, old: SourceRecord) -> str:
     fields = [f for f in ("key", "value", "timestamp_ms", "headers") if getattr(new, f) != getattr(old, f)]
     return f"offset {new.offset}: {', '.join(fields) or 'encoding'} differ"
+
+
+def _digest(canonical: bytes) -> bytes:
+    return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
 @dataclass
@@ -139,7 +145,8 @@ class Archive(Generic[T]):
     def add(self, items: Sequence[tuple[SourceRecord, T]]) -> list[T]:
         """Archive records (in consumption order); returns the tokens that may be acked now."""
         ackable: list[T] = []
-        for rec, token in items:
+        rows = self._event_rows(items)
+        for i, (rec, token) in enumerate(items):
             tp = (rec.topic, rec.partition)
             session = self._session(tp)
             if not session.verified or session.pending or (
@@ -160,7 +167,7 @@ class Archive(Generic[T]):
             if current is not None and rec.offset < current.writer.first_offset:  # type: ignore[operator]
                 # Rewound before the open segment and not archived: keep every segment in offset order.
                 ackable += self._seal(tp, "flush")
-            ackable += self._append(tp, rec, token)
+            ackable += self._append(tp, rec, token, rows.get(i))
             self.stats["records_written"] += 1
             self._counts[(rec.topic, "written")] += 1
         if self._deferred:
@@ -282,7 +289,9 @@ class Archive(Generic[T]):
             held = current.held.get(rec.offset)
             if held is None:
                 return _Verdict("gap", f"offset {rec.offset}: in a gap of the open segment")
-            return _Verdict("same") if encode(held) == encode(rec) else _Verdict("differs", _differences(rec, held))
+            if held == _digest(encode(rec, epoch)):
+                return _Verdict("same")
+            return _Verdict("differs", f"offset {rec.offset}: differs from the open segment's copy")
         if not self._covered(tp, epoch, rec.offset, refresh=refresh):
             return _Verdict("unknown")
         row = archived_row(self.storage, *tp, epoch, rec.offset)
@@ -332,15 +341,31 @@ class Archive(Generic[T]):
             self._deferred += self._append(tp, r, token)
 
     # --- internals -----------------------------------------------------------------------------
-    def _append(self, tp: TP, rec: SourceRecord, token: T) -> list[T]:
+    def _event_rows(self, items: Sequence[tuple[SourceRecord, T]]) -> dict[int, dict[str, Any]]:
+        """Rows of the batch's input records, decoded in bulk (``event_rows``), by position in ``items``.
+
+        Also for records that turn out to be skipped (already archived): rare, and cheaper than a second pass.
+        """
+        by_topic: dict[str, list[int]] = {}
+        for i, (rec, _) in enumerate(items):
+            by_topic.setdefault(rec.topic, []).append(i)
+        rows: dict[int, dict[str, Any]] = {}
+        for topic, where in by_topic.items():
+            spec = self._spec(topic)
+            if spec.kind == "event":
+                decoded = event_rows([items[i][0] for i in where], spec.wire_format, self.max_payload_bytes)
+                rows.update(zip(where, decoded, strict=True))
+        return rows
+
+    def _append(self, tp: TP, rec: SourceRecord, token: T, row: dict[str, Any] | None = None) -> list[T]:
         session = self._session(tp)
         current = self._open.get(tp)
         if current is None:
             writer = self._new_writer(rec.topic, rec.partition, session.epoch.epoch)
             current = self._open[tp] = _Open(writer, undecided=session.pending)
-        current.writer.append(rec, self._row(rec))
+        canonical = current.writer.append(rec, row if row is not None else self._row(rec))
         current.tokens.append(token)
-        current.held[rec.offset] = rec
+        current.held[rec.offset] = _digest(canonical)
         if current.undecided:
             current.records.append((rec, token))
         if current.writer.count >= self.segment_records:

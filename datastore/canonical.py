@@ -24,10 +24,10 @@ already pins them byte for byte.
 >>> rec = SourceRecord("features", 0, 41, 1_700_000_000_000, b"e1", b'{"a":1}', [("traceparent", b"00-ab")])
 >>> len(encode(rec))
 78
->>> h = ContentHasher(); h.add(rec); a = h.hexdigest()
->>> h2 = ContentHasher(); h2.add(rec._replace(value=b'{"a":2}')); a == h2.hexdigest()
+>>> h = ContentHasher(); _ = h.add(rec); a = h.hexdigest()
+>>> h2 = ContentHasher(); _ = h2.add(rec._replace(value=b'{"a":2}')); a == h2.hexdigest()
 False
->>> h3 = ContentHasher(); h3.add(rec, epoch=1); a == h3.hexdigest(), len(encode(rec, epoch=1))
+>>> h3 = ContentHasher(); _ = h3.add(rec, epoch=1); a == h3.hexdigest(), len(encode(rec, epoch=1))
 (False, 86)
 """
 
@@ -92,9 +92,12 @@ class ContentHasher:
         self._h = hashlib.sha256(DOMAIN)
         self.count = 0
 
-    def add(self, rec: SourceRecord, epoch: int = 0) -> None:
-        self._h.update(encode(rec, epoch))
+    def add(self, rec: SourceRecord, epoch: int = 0) -> bytes:
+        """Hash the record in; returns its canonical bytes (the archive keeps a digest of them)."""
+        data = encode(rec, epoch)
+        self._h.update(data)
         self.count += 1
+        return data
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()

@@ -17,15 +17,20 @@ not of the good part of it.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import orjson
+from msgspec import UNSET
 from pydantic import ValidationError
 
 from datastore.canonical import SourceRecord
 from schemas.codecs import InvalidEvent, decode_feature_event
+from schemas.hot_path import Event, _string_colons
 from schemas.labels import InvalidLabel, decode_label
-from schemas.records import Prediction
+from schemas.records import SUPPORTED_SCHEMA_VERSIONS, Prediction
 
 _validate_prediction = Prediction.__pydantic_validator__.validate_python
 
@@ -52,6 +57,64 @@ def event_row(rec: SourceRecord, wire_format: str, max_bytes: int = 65536) -> di
         row["event"] = None
         row["invalid_reason"] = exc.code
     return row
+
+
+_decode_event = msgspec.json.Decoder(Event).decode
+_asdict = msgspec.structs.asdict
+
+
+def _fast_event(raw: bytes | None, max_bytes: int) -> dict[str, Any] | None:
+    """The FeatureEvent dict of a plain JSON value via msgspec, or None: anything unusual is for the reference.
+
+    The checks are those of ``schemas.hot_path.decode_rows`` (whose verdicts equal ``decode_feature_event``'s):
+    the typed struct, no duplicate key (the colon count), a supported schema version, and finite features
+    (msgspec reads 1e400 as inf, which FeatureEvent refuses).
+    """
+    if not raw or len(raw) > max_bytes or raw[0] == 0:
+        return None
+    try:
+        ev = _decode_event(raw)
+    except msgspec.DecodeError:
+        return None
+    md = ev.metadata
+    keys = 5 + len(ev.features) + (0 if md is UNSET else 1 + (len(md) if md else 0))
+    colons = raw.count(b":")
+    # schemas.hot_path's rule of schemas.strict.json_duplicate_key (private there: one rule, not two copies)
+    if colons != keys and (b"\\" in raw or colons - _string_colons(ev) != keys):
+        return None
+    if ev.schema_version not in SUPPORTED_SCHEMA_VERSIONS or not all(map(math.isfinite, ev.features.values())):
+        return None
+    row = _asdict(ev)
+    if md is UNSET:
+        row["metadata"] = None
+    return row
+
+
+def event_rows(recs: Sequence[SourceRecord], wire_format: str, max_bytes: int = 65536) -> list[dict[str, Any]]:
+    """``event_row`` of each record, equal to it, with plain JSON values decoded by msgspec (no pydantic).
+
+    Measured (CPU time, 30k demo events, 3 runs on the loaded 2-core box): 13-18 µs per record with
+    ``event_row``, 10-14 µs here; what remains is mostly the envelope dict and the row's Avro encoding after.
+
+    >>> ok = SourceRecord("features", 0, 5, None, b"e1",
+    ...     b'{"event_id":"e1","entity_id":"u","event_time":0,"schema_version":1,"features":{"a":1}}', [])
+    >>> dup = ok._replace(offset=6, value=ok.value.replace(b'"a":1', b'"a":1,"a":2'))
+    >>> [event_rows([r], "json") == [event_row(r, "json")] for r in (ok, dup)]
+    [True, True]
+    """
+    if wire_format not in ("json", "auto"):
+        return [event_row(rec, wire_format, max_bytes) for rec in recs]
+    rows = []
+    for rec in recs:
+        event = _fast_event(rec.value, max_bytes)
+        if event is None:
+            rows.append(event_row(rec, wire_format, max_bytes))
+            continue
+        row = _envelope(rec)
+        row["event"] = event
+        row["invalid_reason"] = None
+        rows.append(row)
+    return rows
 
 
 def prediction_row(rec: SourceRecord) -> dict[str, Any]:

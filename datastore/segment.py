@@ -23,7 +23,7 @@ only. The same records therefore always give the same file and the same sha256.
 ...     w = SegmentWriter(store, store.spool_dir(), "event", "features", 0, "json", "null", writer="doc")
 ...     for off in (3, 4):
 ...         rec = SourceRecord("features", 0, off, None, b"k", b"not json", [])
-...         w.append(rec, event_row(rec, "json"))
+...         _ = w.append(rec, event_row(rec, "json"))
 ...     m = w.seal("size")
 ...     rows = list(read_segment(store, m.key))
 ...     (m.first_offset, m.last_offset, m.record_count), [r["offset"] for r in rows], verify_segment(store, m)
@@ -133,14 +133,15 @@ class SegmentWriter:
         self.first_offset = first_offset
         self.opened_at = time.monotonic()
 
-    def append(self, rec: SourceRecord, row: dict[str, Any]) -> None:
-        """Add one record; offsets must increase (the caller skips redeliveries)."""
+    def append(self, rec: SourceRecord, row: dict[str, Any]) -> bytes:
+        """Add one record; offsets must increase (the caller skips redeliveries). Returns its canonical bytes
+        (``datastore.canonical.encode(rec, epoch)``)."""
         if self.last_offset is not None and rec.offset <= self.last_offset:
             raise ValueError(f"{self.topic}[{self.partition}]: offset {rec.offset} after {self.last_offset}")
         if self._avro is None:
             self._open(rec.offset)
         self._avro.write(row)  # type: ignore[union-attr]
-        self.content.add(rec, self.epoch)
+        canonical = self.content.add(rec, self.epoch)
         self.last_offset = rec.offset
         self.count += 1
         if row["invalid_reason"] is not None:
@@ -150,6 +151,7 @@ class SegmentWriter:
             self.min_ts = ts if self.min_ts is None else min(self.min_ts, ts)
             self.max_ts = ts if self.max_ts is None else max(self.max_ts, ts)
         self._ids.extend(row_event_ids(row))
+        return canonical
 
     def seal(self, sealed_by: str) -> SegmentManifest:
         """fsync, publish atomically, write the manifest; returns it. The writer is spent afterwards."""

@@ -199,6 +199,11 @@ class Settings(BaseSettings):
     archive_mode: Literal["process", "thread"] = Field(
         "process", description="process: the worker runs the archive lane as a child process (its own GIL: the "
         "fastavro encoding does not slow scoring); thread: inside the worker process.")
+    archive_nice: int = Field(
+        10, ge=0, le=19, description="process mode: the archiver child's nice increment. Archiving costs ~2x "
+        "scoring's CPU per event and is not latency-bound (acked when sealed), so on busy cores scoring goes first "
+        "and the archive catches up; watch the <app_id>-archive group's lag if the load never falls. 0: same "
+        "priority as scoring.")
     data_dir: Path | None = Field(None, description="Archive segments, manifests and dataset versions; default "
                                   "<state_dir>/data. Shared by every worker of the app (same host or shared volume).")
     data_store_url: str | None = Field(
@@ -228,8 +233,8 @@ class Settings(BaseSettings):
     )
     drift_interval_s: float = Field(5.0, gt=0, description="How often the window is compared with the reference.")
     drift_max_events_per_s: int = Field(
-        5000, ge=1, description="Inputs the drift lane decodes per second at most; above it the window holds a "
-        "sample of the stream (the lane shares the worker's CPU and GIL with scoring).",
+        5000, ge=1, description="Inputs the drift window takes per second at most (from the batches scoring has "
+        "decoded); above it the window holds a sample of the stream, spread over each batch.",
     )
     drift_thresholds: DriftThresholds = Field(
         default_factory=DriftThresholds,

@@ -9,7 +9,9 @@ group's commits, and it runs the same under both engines. A confluent-kafka cons
 default (``STREAMSCORE_ARCHIVE_MODE=process``) the worker runs that thread in a child process
 (``python -m streams.archive.lane``) that it supervises: fastavro encoding every record costs as much
 Python as scoring it, and inside the worker it held the GIL against scoring (faust engine 6.5 s → 11.2 s
-for a 50k backlog, measured; docs/data_versioning.md). ``thread`` keeps it in the worker process.
+for a 50k backlog, measured; docs/data_versioning.md). ``thread`` keeps it in the worker process. The Faust
+services that run it (``streams/archive/service.py``) are not imported here, so the child loads no Faust, mode
+or aiohttp (its import RSS 65 → 52 MB; docs/side-lanes-cost.md).
 
 Delivery: ``enable.auto.commit`` is off and an offset is committed only once every record below it is in
 a sealed segment (file fsynced, published atomically, manifest written). A ``kill -9`` therefore loses only
@@ -26,24 +28,16 @@ one; they share ``data_dir`` (same host or a shared volume), each writing the pa
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 
-import faust
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
-from faust.types import AppT
-from mode import Service
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, disable_created_metrics, start_http_server
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -56,7 +50,7 @@ from datastore.epochs import Epoch
 from datastore.manifest import SegmentManifest
 from datastore.retention import apply_retention, compact
 from datastore.storage import Storage, open_storage
-from streams.background import NOT_STARTED, BackgroundThread
+from streams.background import BackgroundThread
 from streams.kafka import clients
 from streams.logs import configure_logging
 from streams.settings import Settings
@@ -151,7 +145,12 @@ class ArchiveLane(BackgroundThread):
             log.exception("archive lane stopped")
 
     def run(self) -> None:
-        consumer = clients.consumer(self.settings.kafka, self.group_id, background=True)
+        # librdkafka prefetches up to queued.max.messages.kbytes (64 MB by default) in fetches of up to 50 MB while
+        # the lane is behind, which it is while a backlog is scored: a consumer reading a 100k-record backlog
+        # slowly peaked at +58-68 MB RSS with the defaults, +27 MB with 4 MB / 4 MB, which still read it at
+        # ~60k records/s (the lane writes ~20-30k/s); 1 MB fetches throttled it to ~9k/s (measured, Tansu).
+        consumer = clients.consumer(self.settings.kafka, self.group_id, background=True,
+                                    **{"queued.max.messages.kbytes": 4096, "fetch.max.bytes": 4 * 1024 * 1024})
         self._admin = clients.admin(self.settings.kafka)
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
@@ -255,64 +254,6 @@ def housekeeping(storage: Storage, s: Settings) -> None:
             log.info("compaction merged %d segments into %d", len(c.replaced), len(c.merged))
 
 
-class ArchiveService(Service):
-    """Recovers the store, runs the lane, applies retention now and then; seals and commits on stop."""
-    retention_every_s = 300.0
-
-    def __init__(self, settings: Settings, storage: Storage, **kwargs: object) -> None:
-        self.settings = settings
-        self.storage = storage
-        self.lane: ArchiveLane | None = None
-        super().__init__(**kwargs)
-
-    async def on_start(self) -> None:
-        report = await self.loop.run_in_executor(None, recover, self.storage)
-        self.recovery = report
-        self.lane = ArchiveLane(self.settings, self.storage)
-        self.lane.start()
-
-    @Service.task
-    async def _retention(self) -> None:
-        s = self.settings
-        if s.data_retention_max_age_s is None and s.data_retention_max_bytes is None \
-                and s.archive_compact_below_records is None:
-            return
-        while not self.should_stop:
-            await self.sleep(self.retention_every_s)
-            await self.loop.run_in_executor(None, housekeeping, self.storage, s)
-
-    def health(self) -> dict[str, object]:
-        lane = self.lane
-        if lane is None:
-            return {"healthy": False, "reason": "archive lane not started"}
-        healthy = lane.alive and lane.error is None
-        return {"healthy": healthy, "alive": lane.alive, "last_error": repr(lane.error) if lane.error else None}
-
-    def kill(self) -> str:
-        """Fault tests: the in-process lane stops as if it had died."""
-        if self.lane is not None:
-            self.lane.inject_failures(1)
-        return "archive lane will fail once (thread mode: it stays down, /healthz fails)"
-
-    def status(self) -> dict[str, object]:
-        lane = self.lane
-        if lane is None:
-            return {"started": False}
-        return {
-            "group": lane.group_id,
-            "assigned": lane.assigned.is_set(),
-            "data_dir": str(self.settings.data_path),
-            "open_records": lane.archive.open_records,
-            "committed": {f"{t}[{p}]": o for (t, p), o in sorted(lane.committed.items())},
-            "error": repr(lane.error) if lane.error else None,
-            **lane.archive.stats,
-        }
-
-    async def on_stop(self) -> None:
-        if self.lane is not None:
-            await self.loop.run_in_executor(None, self.lane.stop)
-
-
 def run_archiver(settings: Settings) -> int:
     """Run the archive lane in the foreground until SIGTERM/SIGINT; seal and commit on the way out.
 
@@ -328,19 +269,6 @@ def run_archiver(settings: Settings) -> int:
     lane._run_guarded()  # returns once stopping is set, after sealing and committing (or on an error)
     log.info("archiver stopped: %s", lane.archive.stats)
     return 1 if lane.error is not None else 0
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the worker dies (Linux), as a container's processes die together."""
-    # (the spawning thread is the event loop's, which lives as long as the worker)
-    with contextlib.suppress(OSError):  # no libc: an orphaned archiver still seals and commits on SIGTERM
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ChildMetrics(Collector):
@@ -386,98 +314,6 @@ class ChildMetrics(Collector):
         registry.unregister(self)
         for m in self.replaces:
             registry.register(m)
-
-
-class ArchiverProcess(Service):
-    """Runs ``python -m streams.archive.lane`` beside the worker, restarts it if it dies, stops it gracefully."""
-    restart_delay_s = 2.0
-
-    def __init__(self, settings: Settings, **kwargs: object) -> None:
-        self.settings = settings
-        self.proc: subprocess.Popen | None = None
-        self.restarts = 0
-        super().__init__(**kwargs)
-
-    def _spawn(self) -> None:
-        env = {**os.environ, **self.settings.as_env()}
-        # stdout/stderr are the worker's: the child's log lines land in the worker's log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.archive.lane", "--metrics-port", str(self.metrics.port)], env=env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        log.info("archiver process started (pid %d)", self.proc.pid)
-
-    async def on_start(self) -> None:
-        self.metrics = ChildMetrics(_free_port())
-        self.metrics.install()  # the worker's /metrics shows the child's streamscore_archive_* series, once
-        self._spawn()
-
-    @Service.task
-    async def _supervise(self) -> None:
-        while not self.should_stop:
-            await self.sleep(1.0)
-            proc = self.proc
-            if proc is not None and proc.poll() is not None and not self.should_stop:
-                log.error("archiver process %d exited with %s; restarting in %.0f s", proc.pid, proc.returncode,
-                          self.restart_delay_s)
-                await self.sleep(self.restart_delay_s)
-                if not self.should_stop:
-                    self.restarts += 1
-                    self._spawn()
-
-    def health(self) -> dict[str, object]:
-        """Healthy while the child runs; between its death and its restart (2 s) /healthz says so."""
-        proc = self.proc
-        if proc is None:
-            return {"healthy": False, "alive": False, "reason": NOT_STARTED}
-        alive = proc.poll() is None
-        return {"healthy": alive, "alive": alive, "pid": proc.pid if proc else None, "restarts": self.restarts,
-                **({} if alive else {"reason": f"archiver process exited with {proc.returncode if proc else None}"})}
-
-    def kill(self) -> str:
-        """Fault tests: SIGKILL the child (the supervisor restarts it)."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return "archiver process not running"
-        proc.kill()
-        return f"archiver process {proc.pid} killed"
-
-    def status(self) -> dict[str, object]:
-        proc = self.proc
-        return {"mode": "process", "pid": proc.pid if proc else None,
-                "alive": proc is not None and proc.poll() is None, "restarts": self.restarts,
-                "data_dir": str(self.settings.data_path), "group": f"{self.settings.app_id}-archive"}
-
-    async def on_stop(self) -> None:
-        self.metrics.uninstall()
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # it seals its open segments and commits them
-        try:
-            await self.loop.run_in_executor(None, proc.wait, 60)
-        except subprocess.TimeoutExpired:
-            log.error("archiver process %d did not stop in 60 s; killing it (its open segments are re-read "
-                      "after the restart)", proc.pid)
-            proc.kill()
-
-
-def register_archiver(app: AppT, settings: Settings) -> ArchiveService | ArchiverProcess | None:
-    """Wire the archiver into the app (either engine); None when ``STREAMSCORE_ARCHIVE=false``."""
-    if not settings.archive:
-        log.info("archiving off (STREAMSCORE_ARCHIVE=false)")
-        return None
-    storage = open_storage(settings.data_path, settings.data_store_url)  # an s3:// URL stops the worker here
-    service = ArchiveService(settings, storage) if settings.archive_mode == "thread" else ArchiverProcess(settings)
-
-    @app.page("/archive")
-    async def archive_status(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
-        return web.json(service.status())
-
-    app.service(service)
-    log.info("archiving %s into %s (segments of %d records or %.0f s, codec %s, in a %s)",
-             ", ".join(archive_topics(settings)), settings.data_path, settings.archive_segment_records,
-             settings.archive_segment_seconds, settings.archive_codec, settings.archive_mode)
-    return service
 
 
 if __name__ == "__main__":  # the worker's archiver child process (ArchiverProcess)

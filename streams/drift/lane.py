@@ -1,21 +1,23 @@
-"""Drift monitoring beside scoring: a consumer in its own group compares the input stream with the
-model's reference profile, off the hot path, and publishes drift records, alerts and retrain requests.
+"""Drift monitoring beside scoring: the inputs the worker scores are compared with the model's reference
+profile, off the hot path, and drift records, alerts and retrain requests are published.
 
-    input topics ──▶ [drift lane, group <app_id>-drift] ──▶ sliding window (last N messages)
-                                                                   │ app.timer every drift_interval_s,
-                                                                   ▼ evaluated on a worker thread
+    scoring pipeline ──(decoded batch, listener)──▶ sliding window (last N inputs, a sample above a rate)
+    labels topic ──▶ [drift lane, group <app_id>-drift] ──▶ concept drift │ app.timer every drift_interval_s,
+                                                                          ▼ evaluated on a worker thread
                drift ◀── DriftRecord ◀── check_window(profile, window, scores)
                alerts ◀── DriftAlert  ◀── AlertDebouncer ──▶ RetrainRequest ──▶ retrain-requests
 
-Its own group because the drift consumer must not share the scoring group (its commits would
-interleave with scoring's, and under the batch engine scoring does not use Faust at all); it is a
-service of the worker's Faust app, so it runs with either engine. It is a confluent-kafka consumer on a
-thread rather than a Faust agent: a Faust agent needs a second Faust app (one app = one group), and
-that second aiokafka consumer + stream on the shared event loop cut the faust engine's backlog
-throughput from ~6.6k to 3.6k events/s (measured, docs/drift.md); this lane costs a decode per message.
+The window is fed from the batches the scoring pipeline has already decoded (``ScoringPipeline.listeners``),
+with either engine: each input is decoded once in the worker. Until 2026-12 the lane had its own consumer of
+the input topics and decoded each sampled input again with the per-event pydantic decoder: that thread took
+~30 % of the worker's active CPU samples beside the scoring thread's ~48 % (py-spy, batch engine, 150k
+backlog), and its consumer prefetched up to 64 MB (docs/side-lanes-cost.md). The lane's consumer now reads
+only the labels topic (concept drift), in group ``<app_id>-drift``; it is a confluent-kafka consumer on a
+thread rather than a Faust agent, since a second Faust app (one app = one group) on the shared event loop cut
+the faust engine's throughput (docs/drift.md).
 
-Every worker monitors the partitions the drift group gives it; inputs are keyed by event id, so each
-worker's window is a random sample of the stream.
+Every worker monitors the partitions it scores; inputs are keyed by event id, so each worker's window is a
+random sample of the stream.
 
 Prediction drift scores the window with the worker's model (one ONNX call per evaluation, ~7 ms for
 2000 rows incl. all statistics) rather than reading the predictions topic: the scores then belong to
@@ -34,7 +36,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -48,6 +50,7 @@ from prometheus_client import Gauge
 from models.scorer import Scorer
 from schemas.codecs import InvalidEvent, decode_feature_event
 from schemas.drift import STATUS_LEVEL, DriftAlert, DriftRecord, RetrainRequest, encode
+from schemas.hot_path import DecodedRows, decode_rows
 from schemas.validation import FeatureValidator
 from streams.background import BackgroundThread
 from streams.drift.alerts import AlertDebouncer
@@ -59,6 +62,8 @@ from streams.kafka import clients
 from streams.kafka.publisher import Outbound, Publisher
 from streams.kafka.topics import ensure_topics
 from streams.metrics import DRIFT_ALERTS
+from streams.scoring.pipeline import ScoringPipeline
+from streams.scoring.records import InboundMessage
 from streams.scoring.registry import schema_resolver
 from streams.settings import Settings
 
@@ -70,6 +75,8 @@ DRIFT_STATUS = Gauge("streamscore_drift_status", "Overall drift status: 0 ok, 1 
 # Records kept in memory for the worker's /drift/report page: 60 evaluations are 5 min of a busy stream at the
 # default 5 s interval, ~4 MB for 10 features with histograms (tracemalloc: 8.1 MB per 120); the topic keeps all.
 RECENT_RECORDS = 60
+# InvalidEvent codes of the feature check (schemas.validation): such an input still has features drift judges.
+FEATURE_ERRORS = frozenset({"missing_feature", "extra_feature", "out_of_range", "non_finite"})
 
 
 def drift_topics(settings: Settings) -> list[str]:
@@ -125,37 +132,109 @@ class DriftMonitor:
         self._tokens = float(settings.drift_max_events_per_s)  # token bucket: a second's worth to start
         self._refilled = time.monotonic()
         self.sampled_out = 0
+        self.feed_errors = 0  # batches the scoring listener could not add (logged)
         self.evaluated_at = 0  # window.appended at the last evaluation
         self.last_record: DriftRecord | None = None
         self.recent: deque[DriftRecord] = deque(maxlen=RECENT_RECORDS)  # oldest first, for /drift/report
         self.last_alert: DriftAlert | None = None  # the latest notice published (firing or resolved)
         self._status_gauge = DRIFT_STATUS.labels(scorer.name)
 
-    # --- per message (lane thread) -----------------------------------------------------------
-    def add_many(self, messages: Iterable[Message], now: float | None = None) -> None:
-        """Append a batch of confluent-kafka messages (errors and partition EOFs are skipped).
-
-        Inputs beyond ``drift_max_events_per_s`` are skipped (counted in ``sampled_out``): the lane decodes
-        in the worker's process, and decoding every input at 50k/s took a third of the batch engine's
-        throughput (measured); a window of a sample of the stream judges drift as well. Labels are few and
-        always read.
-        """
+    # --- per batch (scoring thread, or the lane thread for labels) ---------------------------
+    def _budget(self, n: int, now: float | None) -> int:
+        """How many of ``n`` inputs the window may take now (a token bucket at ``drift_max_events_per_s``)."""
         now = time.monotonic() if now is None else now
         rate = self.settings.drift_max_events_per_s
         self._tokens = min(float(rate), self._tokens + (now - self._refilled) * rate)
         self._refilled = now
+        take = max(0, min(n, int(self._tokens)))
+        self._tokens -= take
+        self.sampled_out += n - take
+        return take
+
+    def add_decoded(self, messages: Sequence[InboundMessage], decoded: DecodedRows, now: float | None = None) -> None:
+        """Append a batch the scoring pipeline has already decoded (``ScoringPipeline.listeners``): no decoding here.
+
+        Inputs beyond ``drift_max_events_per_s`` are left out, evenly spread over the batch (counted in
+        ``sampled_out``): a window of a sample of the stream judges drift as well, and spans more time. Inputs
+        scoring rejected for their features (missing, extra, out of float32 range) are decoded again here, one
+        by one, because drift counts missing features and judges every value; they are rare. Rows are the
+        model's float32 input (drift compares them with float64 reference bins: a difference below 1e-7).
+        """
+        n = len(messages)
+        take = self._budget(n, now) if n else 0
+        if take == 0:
+            return
+        pos = np.arange(n) if take == n else np.unique(np.linspace(0, n - 1, take).round().astype(np.int64))
+        index = np.asarray(decoded.index, dtype=np.int64)
+        j = np.minimum(np.searchsorted(index, pos), max(len(index) - 1, 0))
+        hit = (index[j] == pos) if len(index) else np.zeros(len(pos), bool)
+        rows = np.full((len(pos), len(self.names)), np.nan)
+        rows[hit] = decoded.X[j[hit]]
+        valid = hit.copy()
+        times = np.zeros(len(pos), np.int64)
+        events = decoded.events
+        hits = j[hit].tolist()
+        times[hit] = [events[k].event_time for k in hits]
+        if not hit.all():
+            errors = dict(decoded.errors)
+            for at in np.flatnonzero(~hit).tolist():
+                exc = errors.get(int(pos[at]))
+                if exc is not None and exc.code in FEATURE_ERRORS:
+                    m = messages[int(pos[at])]
+                    row_time = self._reference_row(m.topic, m.value)
+                    if row_time is not None:
+                        rows[at], times[at], valid[at] = row_time[0], row_time[1], True
+        picked = [messages[p] for p in pos.tolist()]
         with self.lock:
-            for m in messages:
-                if m.error() is not None:
-                    continue
-                if m.topic() == self.settings.labels_topic:
-                    if self.concept is not None:
+            self.window.extend([(m.topic, m.partition) for m in picked], [m.offset for m in picked], times, rows,
+                               valid)
+            if self.concept is not None:
+                # A view of this batch's sample per event (~180 B) rather than a list of 8 floats (~320 B): the
+                # join store holds up to drift_label_join_size (100k) of them while labels are awaited.
+                for at in np.flatnonzero(hit).tolist():
+                    self.concept.add_features(events[j[at]].event_id, rows[at], picked[at].timestamp_ms)
+
+    def listener(self, messages: Sequence[InboundMessage], decoded: DecodedRows) -> None:
+        """The hook on the scoring pipeline: never lets a drift problem fail a scoring batch (logged, counted)."""
+        try:
+            self.add_decoded(messages, decoded)
+        except Exception:  # drift is beside scoring: a bug here must not dead-end the scoring batch
+            self.feed_errors += 1
+            if self.feed_errors in (1, 10, 100) or self.feed_errors % 1000 == 0:
+                log.exception("drift window: batch not added (%d so far)", self.feed_errors)
+
+    def add_many(self, messages: Iterable[Message], now: float | None = None) -> None:
+        """Append a batch of confluent-kafka messages (errors and partition EOFs are skipped).
+
+        Labels are few and always read; inputs are sampled as in ``add_decoded`` and decoded in bulk
+        (``schemas.hot_path.decode_rows``) with the model's validator, like the scoring pipeline.
+        """
+        inputs: list[InboundMessage] = []
+        for m in messages:
+            if m.error() is not None:
+                continue
+            if m.topic() == self.settings.labels_topic:
+                if self.concept is not None:
+                    with self.lock:
                         self.concept.add_label(m.value())
-                elif self._tokens >= 1.0:
-                    self._tokens -= 1.0
-                    self.add(m.topic(), m.partition(), m.offset(), m.value(), m.timestamp()[1])
-                else:
-                    self.sampled_out += 1
+            else:
+                inputs.append(InboundMessage(m.topic(), m.partition(), m.offset(), None, m.value(),
+                                             m.timestamp()[1]))
+        if inputs:
+            topics = self.settings.input_topics
+            formats = [topics.get(m.topic, "auto") for m in inputs]
+            decoded = decode_rows([m.value for m in inputs], formats, self.validator,
+                                  self.settings.max_payload_bytes, self.resolver)
+            self.add_decoded(inputs, decoded, now)
+
+    def _reference_row(self, topic: str, value: bytes | None) -> tuple[list[float], int] | None:
+        """Features of one input as the reference decoder reads them (missing ones NaN), or None if undecodable."""
+        fmt = self.settings.input_topics.get(topic, "auto")
+        try:
+            event = decode_feature_event(value, fmt, self.settings.max_payload_bytes, self.resolver)
+        except InvalidEvent:
+            return None
+        return [event.features.get(name, math.nan) for name in self.names], event.event_time
 
     def snapshot(self) -> WindowSnapshot:
         with self.lock:
@@ -263,10 +342,12 @@ class DriftMonitor:
 
 
 class DriftLane(BackgroundThread):
-    """A confluent-kafka consumer in group ``<app_id>-drift`` feeding the monitor, on its own thread.
+    """The labels consumer of concept drift, in group ``<app_id>-drift``, on its own thread.
 
-    Offsets are auto-committed as read: a message lost or seen twice around a crash moves one window
-    row, which no statistic can notice, so nothing waits for outputs here.
+    Inputs reach the window from the scoring pipeline (``DriftMonitor.listener``), decoded once in the worker;
+    this lane reads only the labels topic (few messages), and only when concept drift is on; otherwise it
+    idles, so /healthz and the fault tests see the same part either way. Offsets are auto-committed as read: a
+    label lost or seen twice around a crash moves one detector update, which nothing downstream waits for.
     """
 
     thread_name = "drift-lane"
@@ -280,12 +361,17 @@ class DriftLane(BackgroundThread):
 
     def run(self) -> None:
         s = self.settings
-        # A new drift group starts at the beginning like the scoring groups; later it resumes from its
-        # commits. Reading history only fills the window: alerts are about what the window holds.
+        if not s.drift_concept:
+            self.assigned.set()  # nothing to be assigned: the window is fed by scoring
+            while not self.stopping.wait(0.5):
+                self.beat()
+            return
+        # A new drift group starts at the beginning like the scoring groups; later it resumes from its commits.
+        # A small fetch queue: labels are few, and librdkafka's default prefetch is up to 64 MB per consumer.
         consumer = clients.consumer(s.kafka, self.group_id, background=True, **{
-            "enable.auto.commit": True, "auto.commit.interval.ms": int(s.commit_interval_s * 1000)})
-        topics = list(s.input_topics) + ([s.labels_topic] if s.drift_concept else [])
-        consumer.subscribe(topics, on_assign=lambda *_: self.assigned.set())
+            "enable.auto.commit": True, "auto.commit.interval.ms": int(s.commit_interval_s * 1000),
+            "queued.max.messages.kbytes": 2048})
+        consumer.subscribe([s.labels_topic], on_assign=lambda *_: self.assigned.set())
         try:
             while not self.stopping.is_set():
                 self.beat()
@@ -385,9 +471,12 @@ class DriftService(Service):
         self.thread.shutdown(wait=False)
 
 
-def register_drift_monitor(app: AppT, settings: Settings, scorer: Scorer,
-                           served: Callable[[], Scorer | None]) -> DriftService | None:
+def register_drift_monitor(app: AppT, settings: Settings, scorer: Scorer, served: Callable[[], Scorer | None],
+                           pipeline: ScoringPipeline) -> DriftService | None:
     """Wire drift monitoring into the app (either engine); None when off or the model has no profile.
+
+    The window is fed by ``pipeline`` (its listener hook), which both engines score with: each input is
+    decoded once in the worker, by scoring.
 
     ``served`` names the scorer the default route serves right now (the registry's champion), or None
     when routing is static; drift then follows it, whatever kind of scorer it is.
@@ -401,6 +490,9 @@ def register_drift_monitor(app: AppT, settings: Settings, scorer: Scorer,
                     settings.model_dir, PROFILE_FILENAME)
         return None
     monitor = DriftMonitor(settings, scorer, *reference)
+    if tuple(pipeline.validator.feature_names) != monitor.names:
+        raise ValueError(f"scoring decodes features {pipeline.validator.feature_names}, drift monitors {monitor.names}")
+    pipeline.listeners.append(monitor.listener)
     service = DriftService(monitor, DriftLane(settings, monitor), served)
 
     @app.timer(settings.drift_interval_s, name="drift-evaluate")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from models.scorer import Scorer
 from schemas.codecs import InvalidEvent, SchemaResolver
-from schemas.hot_path import decode_rows
+from schemas.hot_path import DecodedRows, decode_rows
 from schemas.validation import FeatureValidator
 from streams import metrics
 from streams.kafka.publisher import Outbound
@@ -52,6 +52,9 @@ class ScoringPipeline:
         self.route = route
         self.resolver = resolver
         self.router: Router | None = None  # set by streams.routing.watcher when a model registry is configured
+        # Called with each batch and its decoded rows after scoring, on the scoring thread (the drift window:
+        # streams/drift/lane.py), so what runs beside scoring decodes nothing again. Keep them cheap, never raising.
+        self.listeners: list[Callable[[Sequence[InboundMessage], DecodedRows], None]] = []
         self.records = RecordBuilder(settings.worker_name, settings.dead_letter_topic, encoder=encoder,
                                      tracing=tracing)
         # Validated in the model's input dtype: 1e39 is a finite float64 but inf as a float32 input.
@@ -89,6 +92,8 @@ class ScoringPipeline:
             metrics.observe_many(metrics.EVENT_LATENCY, np.maximum(0, now_ms() - event_times) / 1000)
             result.scored = len(good)
         result.dead_lettered = len(messages) - result.scored
+        for listener in self.listeners:
+            listener(messages, decoded)
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         return result

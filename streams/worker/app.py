@@ -101,11 +101,12 @@ class Worker:
         if settings.drift_window > 0:
             from streams.drift.lane import register_drift_monitor  # heavy: scipy, sklearn (see above)
 
-            self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion)
+            self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion,
+                                                self.pipeline)
         else:
             log.info("drift monitoring off (STREAMSCORE_DRIFT_WINDOW=0)")
         if settings.archive:
-            from streams.archive.lane import register_archiver  # heavy: pyarrow (see above)
+            from streams.archive.service import register_archiver  # heavy: pyarrow (see above)
 
             self.archiver = register_archiver(app, settings)  # inputs + predictions into sealed, versioned segments
         else:

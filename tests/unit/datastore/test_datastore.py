@@ -138,7 +138,7 @@ def test_s3_data_store_url_is_refused(tmp_path):
                                                                  "STREAMSCORE_STATE_DIR": str(tmp_path)})
     assert result.exit_code == 2 and "not implemented" in result.output
     with pytest.raises(Exception, match="not implemented"):
-        from streams.archive.lane import register_archiver
+        from streams.archive.service import register_archiver
 
         # the store is opened before the app is touched
         register_archiver(None, Settings(state_dir=tmp_path, data_store_url="s3://bucket/x"))  # type: ignore[arg-type]
