@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -30,6 +29,7 @@ from streams.drift.sim import concept_labels
 from streams.kafka.reader import read_all
 from streams.settings import Settings
 from tests.conftest import Flow, free_port
+from tests.support.waiting import wait_until
 from tests.unit.streams.test_drift_monitor import MAX_DELAY, SHIFT
 
 pytestmark = pytest.mark.e2e
@@ -65,14 +65,6 @@ def get(port: int, path: str) -> str:
         return resp.read().decode()
 
 
-def wait_until(what: str, predicate: Callable[[], object], flow: Flow, timeout: float = 30) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{flow.log()}")
 
 
 def records(s: Settings) -> list[DriftRecord]:
