@@ -46,8 +46,10 @@ promtool:                  ## Debian's promtool for the strict /metrics test (ap
 		echo "promtool is not installed (as root: apt-get install prometheus): the live metrics test checks without it"; \
 	fi
 
-test: venv chromium promtool ## unit + end-to-end tests (starts its own embedded broker)
-	$(PY) -m pytest -q -ra
+# Two pytest processes, whole files each (module fixtures stay in one process), each with its own embedded
+# broker: the end-to-end tests mostly wait on workers and group joins, so two run side by side on 2 cores.
+test: venv chromium promtool ## unit + end-to-end tests (starts its own embedded brokers)
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile --durations=25
 
 test-unit: venv
 	$(PY) -m pytest -q -m "not e2e"
