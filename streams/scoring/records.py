@@ -143,7 +143,7 @@ class RecordBuilder:
         topics = list(map(_topic, msgs))
         version = str(model.version)
         # The hash is of the float32 model input, whatever dtype X was (the online learner's is float64).
-        hashes, label_texts = input_hashes(X), list(map(str, labels))
+        hashes, label_texts = input_hashes(X), _texts(labels)
         classes = [str(c) for c in model.classes]
         latency_ms = float(scored_at - received_ms)
         if self.encoder is None:  # JSON: the batch template writer of schemas/hot_path.py
@@ -202,6 +202,13 @@ class RecordBuilder:
         exc = InvalidEvent("output_rejected", f"the broker refused its output to '{output.topic}' "
                            f"({len(output.value)} bytes): {error}", event_id)
         return self.dead_letter(source, exc)
+
+
+def _texts(labels: Any) -> list[str]:
+    """``[str(label) for label in labels]``; a numpy array of strings (a ScoreBatch's) by one ``tolist``
+    (0.01 vs 0.2 us/label: ``str`` of a numpy string element makes a new object)."""
+    texts = labels.tolist() if isinstance(labels, np.ndarray) else list(labels)
+    return texts if set(map(type, texts)) <= {str} else list(map(str, texts))
 
 
 def _bounded_key(key: bytes | None) -> bytes | None:
