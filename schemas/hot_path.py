@@ -194,8 +194,9 @@ def _decode_each(values: Sequence[bytes | None], formats: Any, per_value: bool, 
 
 def _decode_json_batch(values: Sequence[bytes | None], max_bytes: int
                        ) -> tuple[list[int], list[Event], list[int]] | None:
-    """``_decode_each`` of an all-JSON batch with C-level maps over the batch (1.0 vs 1.6 us/event, 256 demo
-    events); None when a value is missing, empty, too long or undecodable, and ``_decode_each`` decides.
+    """``_decode_each`` of an all-JSON batch with C-level maps over the batch (1.15 vs 1.35 us/event for 256
+    demo events, of which msgspec's decoding is 0.72 and the ':' count 0.2);
+    None when a value is missing, empty, too long or undecodable, and ``_decode_each`` decides.
 
     The duplicate-key rule is checked for the whole batch at once: every key of a decoded event has its
     own ':' (more only for duplicates or a ':' in a string), so each value's count is >= its keys and the
@@ -375,7 +376,8 @@ def encode_predictions(events: Sequence[Any], topics: Sequence[str], partitions:
         f'"worker":{_json_str(worker)},"source_topic":')
     templates = {topic: head + probs + tail + const(_json_str(topic)) +
                  b',"source_partition":%d,"source_offset":%d,"schema_version":%d}' for topic in set(topics)}
-    # One C-level map over the batch's columns (no Python frame per record): 0.45 vs 0.6 us/record.
+    # One C-level map over the batch's columns (no Python frame per record): 0.43 vs 0.50-0.73 us/record for a
+    # comprehension unpacking each row (256 records, loaded 2-core box).
     columns = (ids, entities, map(_event_time, events), score_text, labels_b,
                *(prob_text[j::n_classes] for j in range(n_classes)), hashes, partitions, offsets,
                map(_schema_version, events))
