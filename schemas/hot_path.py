@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import itemgetter
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -64,6 +64,8 @@ class Event(Struct, forbid_unknown_fields=True, gc=False):
 _decode_json = msgspec.json.Decoder(Event).decode
 _DecodeError = msgspec.DecodeError  # ValidationError is a subclass
 _SUPPORTED = SUPPORTED_SCHEMA_VERSIONS
+_metadata, _schema_version, _features, _event_id, _entity_id, _event_time = map(attrgetter, (
+    "metadata", "schema_version", "features", "event_id", "entity_id", "event_time"))
 
 
 @dataclass(slots=True)
@@ -98,48 +100,10 @@ def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Forma
     per_value = not isinstance(formats, str)
     if per_value and len(formats) != len(values):
         raise ValueError(f"{len(formats)} formats for {len(values)} values")
-    fast_index: list[int] = []
-    fast: list[Event] = []
-    slow: list[int] = []  # values the reference decoder must decide
-    decode_json, unset, supported = _decode_json, UNSET, _SUPPORTED
-    fmt: Any = formats
-    for i, raw in enumerate(values):
-        if per_value:
-            fmt = formats[i]
-        if not raw or len(raw) > max_bytes:
-            slow.append(i)
-            continue
-        if fmt == "json" or (fmt == "auto" and raw[0] != 0):
-            try:
-                ev = decode_json(raw)
-            except _DecodeError:
-                slow.append(i)
-                continue
-            md = ev.metadata
-            keys = 5 + len(ev.features) + (0 if md is unset else 1 + (len(md) if md else 0))
-            colons = raw.count(b":")
-            # The rule of schemas.strict.json_duplicate_key, specialised to the struct's known shape.
-            if colons != keys and (b"\\" in raw or colons - _string_colons(ev) != keys):
-                slow.append(i)
-                continue
-            if md is unset:
-                ev.metadata = None
-        elif fmt == "avro" or fmt == "auto":
-            try:
-                ev = msgspec.convert(_parse_avro(raw, resolver), Event)
-            except (InvalidEvent, _DecodeError):
-                slow.append(i)
-                continue
-        else:
-            slow.append(i)
-            continue
-        if ev.schema_version in supported:
-            fast_index.append(i)
-            fast.append(ev)
-        else:
-            slow.append(i)
+    split = _decode_json_batch(values, max_bytes) if not per_value and formats == "json" else None
+    fast_index, fast, slow = split or _decode_each(values, formats, per_value, max_bytes, resolver)
     # Rows in bulk (C-level map); a missing or extra feature sends that one value to the reference decoder.
-    feats = [ev.features for ev in fast]
+    feats = list(map(_features, fast))
     try:
         if exact and set(map(len, feats)) - {k}:
             raise KeyError
@@ -172,6 +136,105 @@ def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Forma
         X = _drop_bad_rows(out, good, X, X64, rows, names, values, formats, per_value, max_bytes, resolver)
     out.X = np.ascontiguousarray(X)
     return out
+
+
+def _no_duplicate_keys(raw: bytes, ev: Event) -> bool:
+    """The rule of schemas.strict.json_duplicate_key, specialised to the struct's known shape; also turns an
+    absent ``metadata`` (UNSET while decoding) into None."""
+    md = ev.metadata
+    keys = 5 + len(ev.features) + (0 if md is UNSET else 1 + (len(md) if md else 0))
+    colons = raw.count(b":")
+    if colons != keys and (b"\\" in raw or colons - _string_colons(ev) != keys):
+        return False
+    if md is UNSET:
+        ev.metadata = None
+    return True
+
+
+def _decode_each(values: Sequence[bytes | None], formats: Any, per_value: bool, max_bytes: int,
+                 resolver: SchemaResolver | None) -> tuple[list[int], list[Event], list[int]]:
+    """(positions, events) of the values decoded on the fast path, and the positions the reference decoder
+    must decide, one value at a time."""
+    fast_index: list[int] = []
+    fast: list[Event] = []
+    slow: list[int] = []  # values the reference decoder must decide
+    decode_json, supported = _decode_json, _SUPPORTED
+    fmt: Any = formats
+    for i, raw in enumerate(values):
+        if per_value:
+            fmt = formats[i]
+        if not raw or len(raw) > max_bytes:
+            slow.append(i)
+            continue
+        if fmt == "json" or (fmt == "auto" and raw[0] != 0):
+            try:
+                ev = decode_json(raw)
+            except _DecodeError:
+                slow.append(i)
+                continue
+            if not _no_duplicate_keys(raw, ev):
+                slow.append(i)
+                continue
+        elif fmt == "avro" or fmt == "auto":
+            try:
+                ev = msgspec.convert(_parse_avro(raw, resolver), Event)
+            except (InvalidEvent, _DecodeError):
+                slow.append(i)
+                continue
+        else:
+            slow.append(i)
+            continue
+        if ev.schema_version in supported:
+            fast_index.append(i)
+            fast.append(ev)
+        else:
+            slow.append(i)
+    return fast_index, fast, slow
+
+
+def _decode_json_batch(values: Sequence[bytes | None], max_bytes: int
+                       ) -> tuple[list[int], list[Event], list[int]] | None:
+    """``_decode_each`` of an all-JSON batch with C-level maps over the batch (1.15 vs 1.35 us/event for 256
+    demo events, of which msgspec's decoding is 0.72 and the ':' count 0.2);
+    None when a value is missing, empty, too long or undecodable, and ``_decode_each`` decides.
+
+    The duplicate-key rule is checked for the whole batch at once: every key of a decoded event has its
+    own ':' (more only for duplicates or a ':' in a string), so each value's count is >= its keys and the
+    batch's total equals the total of keys only when every value's does.
+    """
+    try:
+        lengths = list(map(len, values))  # type: ignore[arg-type]  # TypeError: a None value
+        if not values or min(lengths) == 0 or max(lengths) > max_bytes:
+            return None
+        events = list(map(_decode_json, values))  # type: ignore[arg-type]
+    except (TypeError, _DecodeError):
+        return None
+    n = len(events)
+    metadata = list(map(_metadata, events))
+    if metadata.count(UNSET) != n or not set(map(_schema_version, events)) <= _SUPPORTED:
+        return _check_each(values, events)
+    if b"".join(values).count(b":") != 5 * n + sum(map(len, map(_features, events))):  # type: ignore[arg-type]
+        return _check_each(values, events)
+    list(map(setattr, events, repeat("metadata"), repeat(None)))
+    return list(range(n)), events, []
+
+
+def _check_each(values: Sequence[Any], events: list[Event]) -> tuple[list[int], list[Event], list[int]]:
+    """The checks of ``_decode_each`` after its JSON decoding, value by value."""
+    fast_index: list[int] = []
+    fast: list[Event] = []
+    slow: list[int] = []
+    supported = _SUPPORTED
+    for i, (raw, ev) in enumerate(zip(values, events, strict=True)):
+        if not _no_duplicate_keys(raw, ev):
+            slow.append(i)
+            continue
+        if ev.schema_version in supported:
+            fast_index.append(i)
+            fast.append(ev)
+        else:
+            slow.append(i)
+    return fast_index, fast, slow
 
 
 def _decode_slow(out: DecodedRows, rows: list, slow: list[int], values: Sequence[bytes | None], formats: Any,
@@ -229,6 +292,10 @@ def _from_model(event: FeatureEvent) -> Event:
 # --- encoding -------------------------------------------------------------------------------------------
 
 
+# Bytes that are their own JSON form inside a string (printable ASCII but '"' and a backslash), and '"'.
+_PLAIN_JSON = bytes(c for c in range(0x20, 0x7F) if c != 0x5C)
+
+
 def _json_str(s: str) -> str:
     return orjson.dumps(s).decode()
 
@@ -250,15 +317,16 @@ def _split_floats(text: bytes) -> list[bytes]:
 def _inner_json(strings: Sequence[str]) -> list[bytes]:
     """Each string's JSON form without its quotes, as bytes.
 
-    Printable ASCII without '"' or a backslash is its own JSON form (ids usually are): one join, encode and
-    split for the batch, with '"' as the separator since no such string holds one (~0.02 us/string),
-    instead of one orjson call each (~0.07 us).
+    Printable ASCII without '"' or a backslash is its own JSON form (ids usually are): one join, encode,
+    table check and split for the batch, with '"' as the separator since no such string holds one
+    (~0.01 us/id, 0.09 for a 64-char hash, vs 0.02/0.2 with ``str.isprintable``), instead of one orjson
+    call each (~0.07 us).
     """
     if not strings:
         return []
-    text = '"'.join(strings)
-    if text.isascii() and text.isprintable() and "\\" not in text and text.count('"') == len(strings) - 1:
-        return text.encode().split(b'"')
+    raw = '"'.join(strings).encode()
+    if not raw.translate(None, _PLAIN_JSON) and raw.count(b'"') == len(strings) - 1:
+        return raw.split(b'"')
     return [orjson.dumps(s)[1:-1] for s in strings]
 
 
@@ -287,8 +355,8 @@ def encode_predictions(events: Sequence[Any], topics: Sequence[str], partitions:
         raise ValueError(f"probabilities must be ({n}, {n_classes}), got {len(prob_text)} values")
     if n == 0:
         return []
-    ids = _inner_json([e.event_id for e in events])
-    entities = _inner_json([e.entity_id for e in events])
+    ids = _inner_json(list(map(_event_id, events)))
+    entities = _inner_json(list(map(_entity_id, events)))
     hashes = _inner_json(input_hashes)
     label_json = {lab: orjson.dumps(str(lab)) for lab in set(labels)}
     labels_b = [label_json[lab] for lab in labels]
@@ -308,18 +376,14 @@ def encode_predictions(events: Sequence[Any], topics: Sequence[str], partitions:
         f'"worker":{_json_str(worker)},"source_topic":')
     templates = {topic: head + probs + tail + const(_json_str(topic)) +
                  b',"source_partition":%d,"source_offset":%d,"schema_version":%d}' for topic in set(topics)}
+    # One C-level map over the batch's columns (no Python frame per record): 0.43 vs 0.50-0.73 us/record for a
+    # comprehension unpacking each row (256 records, loaded 2-core box).
+    columns = (ids, entities, map(_event_time, events), score_text, labels_b,
+               *(prob_text[j::n_classes] for j in range(n_classes)), hashes, partitions, offsets,
+               map(_schema_version, events))
     if len(templates) == 1:
-        template = templates[topics[0]]
-        if n_classes == 2:  # the common case: one input topic, a binary classifier
-            p = iter(prob_text)
-            return [template % (eid, ent, e.event_time, score, label, next(p), next(p), h, part, off,
-                                e.schema_version)
-                    for e, eid, ent, score, label, h, part, off in zip(events, ids, entities, score_text, labels_b,
-                                                                       hashes, partitions, offsets, strict=True)]
-    return [templates[topics[i]] % (ids[i], entities[i], e.event_time, score_text[i], labels_b[i],
-                                    *prob_text[n_classes * i:n_classes * (i + 1)], hashes[i], partitions[i],
-                                    offsets[i], e.schema_version)
-            for i, e in enumerate(events)]
+        return list(map(templates[topics[0]].__mod__, zip(*columns, strict=True)))
+    return list(map(bytes.__mod__, map(templates.__getitem__, topics), zip(*columns, strict=True)))
 
 
 def _raise_non_finite(events: Sequence[Any], score_text: list[bytes], prob_text: list[bytes], latency_json: bytes,

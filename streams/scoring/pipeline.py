@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +25,8 @@ from streams.kafka.publisher import Outbound
 from streams.scoring.records import InboundMessage, PredictionEncoder, RecordBuilder, now_ms
 from streams.scoring.tracing import Tracing
 from streams.settings import ScoringSettings
+
+_topic, _value, _event_time = attrgetter("topic"), attrgetter("value"), attrgetter("event_time")
 
 
 @dataclass
@@ -68,22 +71,23 @@ class ScoringPipeline:
         received_ms = received_ms or now_ms()
         result = BatchResult()
         topics = self.settings.input_topics
-        counts = Counter(m.topic for m in messages)
+        counts = Counter(map(_topic, messages))
         # One format for the batch when it comes from one topic (the common case), else one per message.
         formats = (topics.get(next(iter(counts)), "auto") if len(counts) == 1
                    else [topics.get(m.topic, "auto") for m in messages])
-        decoded = decode_rows([m.value for m in messages], formats, self.validator, self.settings.max_payload_bytes,
+        decoded = decode_rows(list(map(_value, messages)), formats, self.validator, self.settings.max_payload_bytes,
                               self.resolver)
         for pos, exc in decoded.errors:
             result.outputs.append(self._dead_letter(messages[pos], exc))
         for topic, count in counts.items():
             self._in.setdefault(topic, metrics.EVENTS_IN.labels(topic)).inc(count)
         if decoded.index:
-            good = list(zip([messages[i] for i in decoded.index], decoded.events, strict=True))
+            # Most batches have no bad input: then the messages line up with the events as they are.
+            scored = messages if len(decoded.index) == len(messages) else list(map(messages.__getitem__, decoded.index))
+            good = list(zip(scored, decoded.events, strict=True))
             X = decoded.X
             router = self.router
-            event_times = np.fromiter((event.event_time for event in decoded.events), dtype=np.int64,
-                                      count=len(good))
+            event_times = np.fromiter(map(_event_time, decoded.events), dtype=np.int64, count=len(good))
             if router is None:
                 result.outputs.extend(self.predictions(good, X, received_ms))
                 self._out.inc(len(good))

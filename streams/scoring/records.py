@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,6 +44,9 @@ from schemas.hot_path import encode_predictions
 from schemas.validation import input_hashes
 from streams.kafka.publisher import MAX_MESSAGE_BYTES, Headers, Outbound
 from streams.scoring.tracing import Tracing, span_attributes
+
+_topic, _partition, _offset, _headers = (attrgetter(a) for a in ("topic", "partition", "offset", "headers"))
+_event_id = attrgetter("event_id")
 
 __all__ = ["InboundMessage", "ModelIdentity", "RecordBuilder", "now_ms", "passthrough_headers"]
 
@@ -134,16 +138,17 @@ class RecordBuilder:
                 X, scores, labels, probabilities = X[keep], scores[keep], labels[keep], probabilities[keep]
                 if not good:
                     return []
-        msgs = [m for m, _ in good]
-        events = [e for _, e in good]
+        # Columns by C-level maps, not attribute reads in a Python loop (0.1 us/event of the 256-batch).
+        msgs, events = map(list, zip(*good, strict=True))
+        topics = list(map(_topic, msgs))
         version = str(model.version)
         # The hash is of the float32 model input, whatever dtype X was (the online learner's is float64).
-        hashes, label_texts = input_hashes(X), [str(label) for label in labels]
+        hashes, label_texts = input_hashes(X), _texts(labels)
         classes = [str(c) for c in model.classes]
         latency_ms = float(scored_at - received_ms)
         if self.encoder is None:  # JSON: the batch template writer of schemas/hot_path.py
             values = encode_predictions(
-                events, [m.topic for m in msgs], [m.partition for m in msgs], [m.offset for m in msgs], hashes,
+                events, topics, list(map(_partition, msgs)), list(map(_offset, msgs)), hashes,
                 scores, label_texts, probabilities, classes, model_name=model.name, model_version=version,
                 model_sha256=model.sha256, scored_at=scored_at, latency_ms=latency_ms, route=route,
                 worker=self.worker)
@@ -161,10 +166,14 @@ class RecordBuilder:
                                                          strict=True)]
         # The same two header tuples for the whole batch (headers are read, never changed, by the producer).
         version_header, route_header = ("model_version", version.encode()), ("route", route.encode())
+        event_ids = list(map(str.encode, map(_event_id, events)))
+        if not any(map(_headers, msgs)):  # the common case: no input carries headers, so no trace context
+            return [Outbound(topic, event_id if msg.key is None else msg.key, value,
+                             [("event_id", event_id), version_header, route_header], None, msg)
+                    for msg, event_id, value in zip(msgs, event_ids, values, strict=True)]
         tracing = self.tracing
         outputs = []
-        for msg, event, value in zip(msgs, events, values, strict=True):
-            event_id = event.event_id.encode()
+        for msg, event_id, value in zip(msgs, event_ids, values, strict=True):
             headers = [("event_id", event_id), version_header, route_header]
             if msg.headers:  # only inputs with headers pay for trace context (streams/scoring/tracing.py)
                 attributes = None if tracing.tracer is None else span_attributes(
@@ -193,6 +202,13 @@ class RecordBuilder:
         exc = InvalidEvent("output_rejected", f"the broker refused its output to '{output.topic}' "
                            f"({len(output.value)} bytes): {error}", event_id)
         return self.dead_letter(source, exc)
+
+
+def _texts(labels: Any) -> list[str]:
+    """``[str(label) for label in labels]``; a numpy array of strings (a ScoreBatch's) by one ``tolist``
+    (0.01 vs 0.2 us/label: ``str`` of a numpy string element makes a new object)."""
+    texts = labels.tolist() if isinstance(labels, np.ndarray) else list(labels)
+    return texts if set(map(type, texts)) <= {str} else list(map(str, texts))
 
 
 def _bounded_key(key: bytes | None) -> bytes | None:

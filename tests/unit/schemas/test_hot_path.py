@@ -7,6 +7,7 @@ import random
 import types
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 import pytest
@@ -112,6 +113,34 @@ def test_batch_verdicts_equal_reference_on_mutated_payloads(validator: FeatureVa
             assert g == w, f"value {chunk[pos]!r}"
     accepted = sum(1 for v in values if reference(v, "auto", validator)[0] == "ok")
     assert 50 < accepted < len(values) - 2000  # the corpus exercises both sides
+
+
+def test_json_batches_that_all_decode_get_the_reference_verdicts() -> None:
+    """Batches whose every value msgspec decodes take the whole-batch checks (schemas.hot_path._decode_json_batch):
+    duplicate keys, ':' in strings and escapes, metadata, unknown schema versions must still be found per value."""
+    v = FeatureValidator(NAMES)
+    rng = random.Random(7)
+    seeds = SEEDS_JSON + [orjson.dumps(event(8, schema_version=2)), orjson.dumps(event(9, entity_id="a:b:c"))]
+    decodable = [m for m in (mutate(rng, rng.choice(seeds)) for _ in range(6000)) if _decodes(m)] + seeds
+    plain = [orjson.dumps(event(i)) for i in range(40)]
+    kinds = set()
+    for size in (1, 7, 64):
+        for i in range(0, len(decodable), size):
+            chunk = decodable[i:i + size]
+            want = [reference(x, "json", v) for x in chunk]
+            kinds.update(w[0] if w[0] == "ok" else w[1] for w in want)
+            assert batch(chunk, "json", v) == want
+            mixed = plain[:size] + chunk[:1]  # one odd value among plain ones: the batch checks must catch it
+            assert batch(mixed, "json", v) == [reference(x, "json", v) for x in mixed]
+    assert {"ok", "duplicate_key", "unknown_schema_version"} <= kinds, kinds
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        msgspec.json.decode(raw, type=Event)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 def test_batch_verdicts_for_per_value_formats_and_limits() -> None:
