@@ -151,7 +151,10 @@ class ControlReader:
         try:
             applied = self.follower.apply_record(value, offset=offset)
         except RejectedRecord as exc:
-            log.error("registry record refused, still scoring with what this worker has: %s", exc)
+            # One line per refused record (an audit trail of forgeries), not one per kind and interval: each
+            # offset is read once, so a flood of forgeries is as long as the control topic, no longer.
+            log.error("registry record refused, still scoring with what this worker has: %s", exc,
+                      extra={"summary_kind": ("refused", offset)})
             return False
         if applied.filled:
             log.warning("registry records %s were missing from %s (compacted or lost); taken from the signed log "

@@ -303,7 +303,9 @@ def test_the_watcher_thread_backs_off_and_recovers_from_unexpected_errors_withou
             time.sleep(0.2)
             assert watcher.healthy is False and "disk exploded" in watcher.last_error and watcher.alive
             deadline = time.monotonic() + 30
-            while watcher.router.table.default.scorers[0].version != "2" and time.monotonic() < deadline:
+            # the table is swapped a moment before the watcher marks itself healthy again: wait for both
+            while not (watcher.router.table.default.scorers[0].version == "2" and watcher.healthy) and \
+                    time.monotonic() < deadline:
                 time.sleep(0.05)
             assert watcher.router.table.default.scorers[0].version == "2" and watcher.alive and watcher.healthy
         finally:

@@ -546,9 +546,17 @@ def snapshots(tmp_path: Path) -> SnapshotStore:
 
 
 def cli(store: SnapshotStore, *args: str) -> Any:
-    env = {"STREAMSCORE_SNAPSHOT_DIR": str(store.root), "COLUMNS": "250",
+    env = {"STREAMSCORE_SNAPSHOT_DIR": str(store.root),
            "STREAMSCORE_SIGNING_KEY_FILE": str(store.root / ".signing-key")}  # the key the fixture signed with
-    return CliRunner().invoke(cli_app, ["learners", *args], env=env)
+    # The command's console took its width from COLUMNS when it was imported (80 under `make test`'s pytest
+    # processes): pinned here, so the table has the same columns whatever ran first in this process.
+    from streams.cli import learners  # the module whose console prints the table
+
+    width, learners.console.width = learners.console.width, 250
+    try:
+        return CliRunner().invoke(cli_app, ["learners", *args], env=env)
+    finally:
+        learners.console.width = width
 
 
 def test_cli_list_show_rollback(snapshots):
