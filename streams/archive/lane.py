@@ -207,7 +207,15 @@ class ArchiveLane(BackgroundThread):
             if nxt > self.committed.get((topic, partition), -1):
                 offsets.append(TopicPartition(topic, partition, nxt))
         if offsets:
-            consumer.commit(offsets=offsets, asynchronous=not force)
+            try:
+                consumer.commit(offsets=offsets, asynchronous=not force)
+            except KafkaException as exc:
+                # e.g. "Waiting for coordinator" in a broker outage: it used to end the lane (and the archiver
+                # child, restarted 2 s later) in every outage. Nothing is lost: the offsets go with the next
+                # commit, or whoever owns the partitions next reads those records again (at-least-once, as after
+                # a crash).
+                log.warning("archive lane: commit refused (%s); offsets kept for the next commit", exc)
+                return
             for o in offsets:
                 self.committed[(o.topic, o.partition)] = o.offset
         self._last_commit = time.monotonic()
