@@ -158,7 +158,7 @@ def _decode_each(values: Sequence[bytes | None], formats: Any, per_value: bool, 
     fast_index: list[int] = []
     fast: list[Event] = []
     slow: list[int] = []  # values the reference decoder must decide
-    decode_json, supported = _decode_json, _SUPPORTED
+    decode_json = _decode_json
     fmt: Any = formats
     for i, raw in enumerate(values):
         if per_value:
@@ -184,11 +184,7 @@ def _decode_each(values: Sequence[bytes | None], formats: Any, per_value: bool, 
         else:
             slow.append(i)
             continue
-        if ev.schema_version in supported:
-            fast_index.append(i)
-            fast.append(ev)
-        else:
-            slow.append(i)
+        _sort_by_version(i, ev, fast_index, fast, slow)
     return fast_index, fast, slow
 
 
@@ -219,21 +215,26 @@ def _decode_json_batch(values: Sequence[bytes | None], max_bytes: int
     return list(range(n)), events, []
 
 
+def _sort_by_version(i: int, ev: Event, fast_index: list[int], fast: list[Event], slow: list[int]) -> None:
+    """A decoded value of a supported schema version joins the fast path; any other goes to the reference
+    decoder, which names the version in its dead letter."""
+    if ev.schema_version in _SUPPORTED:
+        fast_index.append(i)
+        fast.append(ev)
+    else:
+        slow.append(i)
+
+
 def _check_each(values: Sequence[Any], events: list[Event]) -> tuple[list[int], list[Event], list[int]]:
     """The checks of ``_decode_each`` after its JSON decoding, value by value."""
     fast_index: list[int] = []
     fast: list[Event] = []
     slow: list[int] = []
-    supported = _SUPPORTED
     for i, (raw, ev) in enumerate(zip(values, events, strict=True)):
         if not _no_duplicate_keys(raw, ev):
             slow.append(i)
             continue
-        if ev.schema_version in supported:
-            fast_index.append(i)
-            fast.append(ev)
-        else:
-            slow.append(i)
+        _sort_by_version(i, ev, fast_index, fast, slow)
     return fast_index, fast, slow
 
 
