@@ -59,9 +59,13 @@ class Worker:
                                         tracing=configure_otlp(settings.otel_exporter_otlp_endpoint))
         self.publisher = Publisher(settings.kafka)
         self.started_at = time.time()
+        # Faust's own consumer scores only with engine=faust. With the batch engine it reads nothing but Faust's
+        # assignor topic, and on Tansu (which holds each fetch for the full wait) 10 ms fetches took 10 % of the
+        # worker's samples under a backlog (py-spy), so it waits like the lanes beside scoring.
+        faust_fetch_wait = settings.fetch_wait_ms if settings.engine == "faust" else settings.background_fetch_wait_ms
         self.app = StreamscoreApp(
             settings.app_id,
-            fetch_max_wait_ms=settings.fetch_wait_ms,
+            fetch_max_wait_ms=faust_fetch_wait,
             broker=settings.faust_broker_url,
             broker_credentials=_faust_credentials(settings),
             store="memory://",
