@@ -204,6 +204,10 @@ class Settings(BaseSettings):
         "scoring's CPU per event and is not latency-bound (acked when sealed), so on busy cores scoring goes first "
         "and the archive catches up; watch the <app_id>-archive group's lag if the load never falls. 0: same "
         "priority as scoring.")
+    archive_sched_idle: bool = Field(
+        True, description="process mode, Linux: the archiver child also runs under SCHED_IDLE, so it gets CPU only "
+        "where nothing else wants it. Niced by 10 alone it still took about a core from scoring under a backlog "
+        "(worker as deployed 0.4-0.6x its scoring-only throughput on 2 cores). false: only archive_nice applies.")
     data_dir: Path | None = Field(None, description="Archive segments, manifests and dataset versions; default "
                                   "<state_dir>/data. Shared by every worker of the app (same host or shared volume).")
     data_store_url: str | None = Field(

@@ -104,7 +104,7 @@ class ArchiverProcess(Service):
         # stdout/stderr are the worker's: the child's log lines land in the worker's log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.archive.lane", "--metrics-port", str(self.metrics.port)], env=env,
-            preexec_fn=functools.partial(_child_setup, self.settings.archive_nice))
+            preexec_fn=functools.partial(_child_setup, self.settings.archive_nice, self.settings.archive_sched_idle))
         log.info("archiver process started (pid %d)", self.proc.pid)
 
     async def on_start(self) -> None:
@@ -183,7 +183,7 @@ def register_archiver(app: AppT, settings: Settings) -> ArchiveService | Archive
 
 
 
-def _child_setup(nice: int) -> None:
+def _child_setup(nice: int, sched_idle: bool = False) -> None:
     """In the child, before exec: a lower CPU priority, and SIGKILL when the worker dies (Linux), as a container's
     processes die together.
 
@@ -196,6 +196,9 @@ def _child_setup(nice: int) -> None:
             os.nice(nice)
     if sys.platform != "linux":
         return
+    if sched_idle:  # only where no other process wants the CPU: nice 10 alone still took ~a core from scoring
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     # (the spawning thread is the event loop's, which lives as long as the worker)
     with contextlib.suppress(OSError):  # no libc: an orphaned archiver still seals and commits on SIGTERM
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
