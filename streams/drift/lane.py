@@ -102,6 +102,11 @@ def reference_of(model: Scorer) -> tuple[ReferenceProfile, str] | None:
     return load_reference(source_dir, card)
 
 
+# Fewest inputs of a batch the window takes at once (unless the batch or the rate cap is smaller). At 5000/s of
+# 90k/s, taking every batch's ~15 tokens cost 0.67 us per scored event on the scoring thread; 64 at a time 0.2.
+MIN_SAMPLE = 64
+
+
 class DriftMonitor:
     """Window, reference and alert state of one model; no Kafka client, no event loop.
 
@@ -147,6 +152,8 @@ class DriftMonitor:
         self._tokens = min(float(rate), self._tokens + (now - self._refilled) * rate)
         self._refilled = now
         take = max(0, min(n, int(self._tokens)))
+        if take < min(n, MIN_SAMPLE, rate):
+            take = 0  # let the bucket fill: each sampled batch costs ~100-170 us of numpy on the scoring thread
         self._tokens -= take
         self.sampled_out += n - take
         return take

@@ -217,4 +217,7 @@ def test_lane_samples_inputs_above_the_rate_cap_and_always_reads_labels(settings
     assert monitor.concept.counts["labels"] == 1 and len(monitor.concept.pending_ys) == 1
     more = [FakeMessage(300 + i, orjson.dumps(e), "features") for i, e in enumerate(events[:80])]
     monitor.add_many(more, now=t0 + 0.5)
-    assert monitor.window.appended == 150  # refilled at 100/s for half a second
+    # refilled at 100/s for half a second: 50 tokens, fewer than MIN_SAMPLE (64), so the bucket keeps filling
+    assert (monitor.window.appended, monitor.sampled_out) == (100, 280)
+    monitor.add_many(more, now=t0 + 0.7)
+    assert (monitor.window.appended, monitor.sampled_out) == (170, 290)  # 70 tokens: 70 of the 80 at once
