@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from confluent_kafka import KafkaError, KafkaException
 
 from streams.kafka import clients
@@ -69,8 +70,9 @@ RETRY_BACKOFF_S = (0.2, 10.0)  # first and longest wait before we produce a fail
 FOREGROUND_GRACE_S = 0.02
 
 
-@dataclass(slots=True)
-class Outbound:
+class Outbound(msgspec.Struct, gc=False):
+    """One output record (a msgspec struct: built in C, one per output; no reference cycles, so ``gc=False``)."""
+
     topic: str
     key: bytes | None
     value: bytes
@@ -279,9 +281,19 @@ class Publisher:
                 return
             self._outcome(outs.pop(), delivery, 0, err)
 
-        produce = self._produce
-        for m in messages:
-            produce(m, delivery, 0, on_delivery)
+        # The common case inline (one Python frame less per message: ~0.2 us); the first refusal or full queue
+        # hands the rest of the batch to ``_produce``, which waits or reports the outcome.
+        produce, sent = self._producer.produce, 0
+        try:
+            for m in messages:
+                if m.partition is None:
+                    produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery)
+                else:
+                    produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery, partition=m.partition)
+                sent += 1
+        except (BufferError, KafkaException):
+            for m in messages[sent:]:
+                self._produce(m, delivery, 0, on_delivery)
         return delivery
 
     @property
