@@ -219,5 +219,5 @@ def test_lane_samples_inputs_above_the_rate_cap_and_always_reads_labels(settings
     monitor.add_many(more, now=t0 + 0.5)
     # refilled at 100/s for half a second: 50 tokens, fewer than MIN_SAMPLE (64), so the bucket keeps filling
     assert (monitor.window.appended, monitor.sampled_out) == (100, 280)
-    monitor.add_many(more, now=t0 + 0.7)
-    assert (monitor.window.appended, monitor.sampled_out) == (170, 290)  # 70 tokens: 70 of the 80 at once
+    monitor.add_many(more, now=t0 + 0.705)  # not t0 + 0.7: 69.99999 tokens would make it 69
+    assert (monitor.window.appended, monitor.sampled_out) == (170, 290)  # 70.5 tokens: 70 of the 80 at once
