@@ -106,6 +106,42 @@ def foreign_model_error(directory: str | Path) -> ModelDirError | None:
     return None
 
 
+def served_model_dir(model_dir: str | Path, default_dir: str | Path, *, setting: str = DEFAULT_SETTING
+                     ) -> Path | None:
+    """``model_dir`` if it holds model.onnx and a valid model card; None if it is ``default_dir`` without a card
+    (the demo model is to be trained there: ``models.train_demo.ensure_demo_model``). Any other folder without a
+    usable model raises ``ModelDirError`` with a one-line message naming ``setting``.
+
+    Here rather than in models.train_demo, so that a worker serving a model it already has does not import
+    scikit-learn, skl2onnx and onnx (~200 MB of RSS) only to check its folder.
+    """
+    from pydantic import ValidationError
+
+    model_dir = Path(model_dir)
+    has_model, has_card = (model_dir / MODEL_FILENAME).is_file(), (model_dir / CARD_FILENAME).is_file()
+    where = f"{setting}={model_dir}"
+    fix = "point it at a model folder (model.onnx + model_card.json), or unset it to use the demo model"
+    if has_model and has_card:
+        try:
+            ModelCard.load(model_dir)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "card"
+            raise ModelDirError(f"{where}: model_card.json is not a valid model card ({field}: {first['msg']}); "
+                                f"{fix}") from None
+        return model_dir
+    if has_model and not has_card and foreign_model_error(model_dir) is not None:
+        raise ModelDirError(f"{where} has a model.onnx but no model_card.json (the worker verifies the model "
+                            f"against its card); {fix}")
+    if model_dir.resolve() == Path(default_dir).resolve() and not has_card:
+        return None
+    if not model_dir.exists():
+        raise ModelDirError(f"{where} does not exist; {fix}")
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{where} is not a folder; {fix}")
+    raise ModelDirError(f"{where} has no model.onnx + model_card.json; {fix}")
+
+
 def _describe_existing(directory: Path) -> str:
     try:
         card = ModelCard.load(directory)

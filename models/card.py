@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.recipe import Recipe
+from models.recipe import TRAINED, Recipe
 
 CARD_FILENAME = "model_card.json"
 _SHA256 = r"^[0-9a-f]{64}$"
@@ -125,4 +125,4 @@ class ModelCard(BaseModel):
     def load(cls, directory: str | Path) -> ModelCard:
         """Read ``<directory>/model_card.json``; raises pydantic.ValidationError if malformed."""
         path = Path(directory) / CARD_FILENAME
-        return cls.model_validate_json(path.read_bytes())
+        return cls.model_validate_json(path.read_bytes(), context={TRAINED: True})  # its recipe was checked

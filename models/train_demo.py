@@ -24,15 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
 from sklearn.ensemble import GradientBoostingClassifier
 
 from datastore.storage import LocalStorage
 from datastore.training import archive_training_data
-from models.artifacts import DEFAULT_SETTING, ModelDirError, foreign_model_error
-from models.card import CARD_FILENAME, ModelCard
+from models.artifacts import DEFAULT_SETTING, ModelDirError, foreign_model_error, served_model_dir
+from models.card import ModelCard
 from models.demo import CLASS_NAMES, FEATURE_NAMES, make_dataset
-from models.onnx_scorer import MODEL_FILENAME
 from models.recipe import Recipe
 from models.training import PARITY_TOLERANCE, Split, export, fit, split_data
 
@@ -129,30 +127,9 @@ def ensure_demo_model(model_dir: str | Path, default_dir: str | Path, *, setting
     a one-line message naming ``setting`` (the variable the folder came from); the demo model is
     never written into a folder the user chose.
     """
-    model_dir = Path(model_dir)
-    has_model, has_card = (model_dir / MODEL_FILENAME).is_file(), (model_dir / CARD_FILENAME).is_file()
-    where = f"{setting}={model_dir}"
-    fix = "point it at a model folder (model.onnx + model_card.json), or unset it to use the demo model"
-    if has_model and has_card:
-        try:
-            ModelCard.load(model_dir)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "card"
-            raise ModelDirError(f"{where}: model_card.json is not a valid model card ({field}: {first['msg']}); "
-                                f"{fix}") from None
-        return model_dir
-    if has_model and not has_card and foreign_model_error(model_dir) is not None:
-        raise ModelDirError(f"{where} has a model.onnx but no model_card.json (the worker verifies the model "
-                            f"against its card); {fix}")
-    if model_dir.resolve() == Path(default_dir).resolve() and not has_card:
+    if served_model_dir(model_dir, default_dir, setting=setting) is None:
         train_demo_model(model_dir)
-        return model_dir
-    if not model_dir.exists():
-        raise ModelDirError(f"{where} does not exist; {fix}")
-    if not model_dir.is_dir():
-        raise ModelDirError(f"{where} is not a folder; {fix}")
-    raise ModelDirError(f"{where} has no model.onnx + model_card.json; {fix}")
+    return Path(model_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -115,16 +115,17 @@ def ensure_demo_model(s: Settings) -> Path:
     Raises ``ModelDirError`` (one line) for a STREAMSCORE_MODEL_DIR without a usable model: a folder
     the user chose is never written, and a model.onnx without a card is never touched.
     """
+    from models.artifacts import served_model_dir  # imports onnxruntime: not for `streamscore --help`
+
+    if (served := served_model_dir(s.model_dir, DEFAULT_MODEL_DIR)) is not None:
+        return served  # no training, so none of sklearn, skl2onnx and onnx is imported (~200 MB of RSS)
     from models.train_demo import ensure_demo_model as ensure  # heavy (sklearn, skl2onnx)
 
-    trains = s.model_dir.resolve() == DEFAULT_MODEL_DIR.resolve() and not (s.model_dir / "model_card.json").exists()
-    with console.status("training demo model") if trains else nullcontext():
+    with console.status("training demo model"):
         model_dir = ensure(s.model_dir, DEFAULT_MODEL_DIR)
-    if trains:
-
-        card = ModelCard.load(model_dir)
-        console.print(f"[green]✓[/] {card.name}@{card.version} -> {model_dir}  "
-                      f"ROC AUC {card.metrics['roc_auc']:.3f}  sha256 {card.onnx_sha256[:12]}")
+    card = ModelCard.load(model_dir)
+    console.print(f"[green]✓[/] {card.name}@{card.version} -> {model_dir}  "
+                  f"ROC AUC {card.metrics['roc_auc']:.3f}  sha256 {card.onnx_sha256[:12]}")
     return model_dir
 
 

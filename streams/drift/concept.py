@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from online_learning.join import JoinStore
 from schemas.drift import DriftStatistic
 from schemas.labels import InvalidLabel, Label, decode_label
-from streams.drift.detectors import ConceptDriftMonitor, DetectorState
+
+if TYPE_CHECKING:
+    from streams.drift.detectors import ConceptDriftMonitor, DetectorState
 
 __all__ = ["ConceptTracker"]
 
@@ -51,8 +54,24 @@ class ConceptTracker:
         self.join_size = join_size
         self.pending_rows: list[list[float]] = []
         self.pending_ys: list[float] = []
-        self.detectors = ConceptDriftMonitor(hold=hold)
+        self.hold = hold
+        self._detectors: ConceptDriftMonitor | None = None  # built on the first labelled row (see ``detectors``)
         self.counts = {"labels": 0, "invalid": 0, "unmatched": 0, "incomplete": 0}
+
+    @property
+    def detectors(self) -> ConceptDriftMonitor:
+        """River's detectors, built when first needed: ``river.drift`` imports scikit-learn, pandas and pyarrow
+        (209 MB of RSS), which a worker whose labels topic stays empty never pays."""
+        if self._detectors is None:
+            from streams.drift.detectors import ConceptDriftMonitor  # heavy: river.drift
+
+            self._detectors = ConceptDriftMonitor(hold=self.hold)
+        return self._detectors
+
+    @property
+    def labels_evaluated(self) -> int:
+        """Labelled events fed to the detectors so far."""
+        return 0 if self._detectors is None else self._detectors.n
 
     def target(self, label: Label) -> float:
         """1.0 for the positive class (or a numeric label >= 0.5), 0.0 otherwise."""
@@ -102,8 +121,10 @@ class ConceptTracker:
         return rows, ys
 
     def update(self, scores: np.ndarray, ys: np.ndarray) -> list[DetectorState]:
+        if not len(ys):  # no labelled row yet: the detectors stay unbuilt (and river.drift unimported)
+            return []
         return self.detectors.update_many(scores, ys)
 
     def statistics(self) -> list[DriftStatistic]:
         """The detectors' statistics for the drift record; none before the first labelled event."""
-        return self.detectors.statistics() if self.detectors.n else []
+        return self.detectors.statistics() if self.labels_evaluated else []

@@ -464,7 +464,7 @@ class DriftService(Service):
             "profile_sha256": monitor.profile_sha256,
             # concept drift: labels read, and labelled events fed to the detectors so far
             "labels": dict(monitor.concept.counts) if monitor.concept else None,
-            "labels_evaluated": monitor.concept.detectors.n if monitor.concept else None,
+            "labels_evaluated": monitor.concept.labels_evaluated if monitor.concept else None,
         }
 
     async def on_stop(self) -> None:

@@ -85,6 +85,23 @@ def test_card_is_complete_and_round_trips(trained: tuple[GradientBoostingClassif
     assert ModelCard.load(card.save(out.parent / "copy").parent) == card
 
 
+def test_a_card_loads_without_checking_its_trained_recipe_against_sklearn_but_a_recipe_is_checked(
+        trained, tmp_path: Path) -> None:
+    """A worker loads its model's card without importing sklearn (tests/e2e/test_worker_footprint.py): the card's
+    recipe was checked when the model was trained. A recipe read as a recipe still fails on an unknown parameter."""
+    from pydantic import ValidationError
+
+    from models.recipe import TRAINED, Recipe
+
+    card_json = json.loads((trained[2] / "model_card.json").read_text())
+    card_json["recipe"]["params"]["no_such_param"] = 1  # as if trained by a sklearn that had it
+    card_json["recipe_hash"] = Recipe.model_validate(card_json["recipe"], context={TRAINED: True}).recipe_hash
+    (tmp_path / "model_card.json").write_text(json.dumps(card_json))
+    assert ModelCard.load(tmp_path).recipe.params["no_such_param"] == 1
+    with pytest.raises(ValidationError, match="unknown gbt hyper-parameters \\['no_such_param'\\]"):
+        Recipe.model_validate(card_json["recipe"])
+
+
 def test_model_beats_the_bar_on_held_out_data(trained, scorer: OnnxScorer) -> None:
     _, split, out = trained
     assert ModelCard.load(out).metrics["roc_auc"] > AUC_BAR
