@@ -213,10 +213,12 @@ def pipeline_micro(settings: Settings, n: int = 100_000, batch: int = 256, repea
 
 
 def worker_run(settings: Settings, engine: str, topic: str, n: int, console: Console, paced_rate: int,
-               workers: int = 1, latency: bool = True, **overrides: object) -> dict:
+               workers: int = 1, latency: bool = True, backlog: list[tuple[bytes, bytes]] | None = None,
+               **overrides: object) -> dict:
     """Throughput over a backlog of ``n`` events, then latency at ``paced_rate`` events/s; peak RSS of the
     worker with its children (the first worker's). ``workers`` > 1: that many workers of one group on the
-    same partitions (they join while the backlog is read, so the rebalance is inside the figure)."""
+    same partitions. ``backlog``: produced only once every worker is ready, i.e. once the group has settled
+    (else ``topic`` is already loaded, and a second worker's rebalance would fall inside the figure)."""
     run = uuid.uuid4().hex[:6]
     seed = int(time.time())
     pred, dlq, port = f"bench-pred-{run}", f"bench-dlq-{run}", 6100 + int(run, 16) % 800
@@ -233,6 +235,8 @@ def worker_run(settings: Settings, engine: str, topic: str, n: int, console: Con
         for proc, p in zip(procs, ports, strict=True):
             if not wait_ready(p, 90, proc=proc) and workers == 1:
                 raise RuntimeError(f"{engine} worker not ready; see {settings.state_dir}/bench-{engine}-0.log")
+        if backlog is not None:
+            produce(settings, topic, backlog)
         with console.status(f"{engine}: scoring a backlog of {n} events ({workers} worker(s))"):
             # watch the workers' own counters: reading the output topic meanwhile would steal CPU
             deadline = time.monotonic() + 600
@@ -332,21 +336,24 @@ def run_bench(settings: Settings, n: int, console: Console, paced_rate: int = 10
         "faust, scoring only": ("faust", SCORING_ONLY, 1),
         "batch, scoring only, 2 workers": ("batch", SCORING_ONLY, 2),
     }
+    encoded = list(encode_events(events))  # loaded once per row: before its worker starts, or after (2 workers)
     runs = {label: runs[label] for label in select_rows(list(runs), only)}
     for label, (engine, overrides, workers) in runs.items():
         topic = f"bench-in-{engine or 'base'}-{uuid.uuid4().hex[:6]}"
         ensure_topics(settings, [topic])
-        with console.status(f"loading {n} events into {topic}"):
-            t = time.perf_counter()
-            produce(settings, topic, encode_events(events))
-            produce_rate = n / (time.perf_counter() - t)
+        if workers == 1:
+            with console.status(f"loading {n} events into {topic}"):
+                t = time.perf_counter()
+                produce(settings, topic, encoded)
+                produce_rate = n / (time.perf_counter() - t)
         if engine is None:
             with console.status("raw confluent-kafka consume->produce loop"):
                 kafka_rates.append(raw_kafka_loop(settings, topic, n))
             results[label] = baseline_run(settings, topic, n, console, paced_rate)
         else:
             results[label] = worker_run(settings, engine, topic, n, console, paced_rate, workers=workers,
-                                        latency=workers == 1, **overrides)
+                                        latency=workers == 1, backlog=None if workers == 1 else encoded,
+                                        **overrides)
     raw_kafka = float(np.mean(kafka_rates))
     base = results["baseline"]["throughput"]
 
