@@ -37,6 +37,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from models.card import CARD_FILENAME, ModelCard
 from models.onnx_scorer import MODEL_FILENAME
 from models.serving import live_leases
@@ -115,8 +117,6 @@ def served_model_dir(model_dir: str | Path, default_dir: str | Path, *, setting:
     Here rather than in models.train_demo, so that a worker serving a model it already has does not import
     scikit-learn, skl2onnx and onnx (~200 MB of RSS) only to check its folder.
     """
-    from pydantic import ValidationError
-
     model_dir = Path(model_dir)
     has_model, has_card = (model_dir / MODEL_FILENAME).is_file(), (model_dir / CARD_FILENAME).is_file()
     where = f"{setting}={model_dir}"
