@@ -424,6 +424,16 @@ def _matrix(events: list[dict]) -> np.ndarray:
     return np.array([[e["features"][f] for f in FEATURE_NAMES] for e in events])
 
 
+def _scores(port: int, model: str, role: str) -> bool:
+    """Whether the worker on ``port`` scores with ``model`` (name@version) in ``role`` ("serves" or "shadow"),
+    by its /status.json routes."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as resp:
+        routes = orjson.loads(resp.read())["models"]["routes"]
+    return any(r["role"] == role and r["model"] == model for r in routes)
+
+
 def _drift_status(port: int) -> dict:
     import urllib.request
 
@@ -459,6 +469,11 @@ def _loop_steps(s: Settings, console: Console, steps: StepPrinter, concept_label
         steps.until("challenger in shadow", lambda: steps.stage("shadow_started") or steps.stage("rejected"))
         if steps.stage("rejected") is not None:
             return 1
+        # The worker applies the shadow route from the route topic on its own; gate events it scored before that
+        # have no challenger score. Under load they all did: the gate had 0 pairs and waited past the demo.
+        shadow = steps.stage("shadow_started")
+        challenger = f"{shadow.model_name}@{shadow.model_version}"
+        steps.until(f"the worker scoring {challenger} in shadow", lambda: _scores(s.web_port, challenger, "shadow"))
 
         produce(s, topic, encode_events(stamped_now(gate)))
         produce(s, s.labels_topic, _labels(gate, concept_labels(np.random.default_rng(seed + 2), _matrix(gate),
@@ -474,6 +489,9 @@ def _loop_steps(s: Settings, console: Console, steps: StepPrinter, concept_label
         if steps.stage("promoted") is None:
             steps.say("[red]no promotion[/] (see the retrain log)")
             return 1
+        # As with the shadow: the worker swaps on its own, so the last events go out once it serves the new model
+        # (under load, every event had been scored by the old one before the swap landed).
+        steps.until(f"the worker serving {challenger}", lambda: _scores(s.web_port, challenger, "serves"))
         produce(s, topic, encode_events(stamped_now(stream[sent:sent + 300])))
         sent += 300
         steps.say(f"kept producing while the promotion landed: {sent} events")
