@@ -424,21 +424,23 @@ def _matrix(events: list[dict]) -> np.ndarray:
     return np.array([[e["features"][f] for f in FEATURE_NAMES] for e in events])
 
 
+def _worker_json(port: int, path: str) -> dict:
+    """One JSON page of the worker on ``port`` (/drift, /status.json)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return orjson.loads(resp.read())
+
+
 def _scores(port: int, model: str, role: str) -> bool:
     """Whether the worker on ``port`` scores with ``model`` (name@version) in ``role`` ("serves" or "shadow"),
     by its /status.json routes."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as resp:
-        routes = orjson.loads(resp.read())["models"]["routes"]
+    routes = _worker_json(port, "/status.json")["models"]["routes"]
     return any(r["role"] == role and r["model"] == model for r in routes)
 
 
 def _drift_status(port: int) -> dict:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/drift", timeout=5) as resp:
-        return orjson.loads(resp.read())
+    return _worker_json(port, "/drift")
 
 
 class LoopStopped(Exception):
