@@ -23,7 +23,9 @@ BATCH_SECONDS = Histogram(
     "Time to validate and score one micro-batch",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
-BATCH_SIZE = Histogram("streamscore_batch_size", "Events per micro-batch", buckets=(1, 8, 32, 64, 128, 256, 512, 1024))
+# Up to the Faust engine's MAX_BATCH_EVENTS (2048; the batch engine's is Settings.batch_size).
+BATCH_SIZE = Histogram("streamscore_batch_size", "Events per micro-batch",
+                       buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096))
 EVENT_LATENCY = Histogram(
     "streamscore_event_latency_seconds",
     "Event time to prediction (end to end)",

@@ -110,3 +110,33 @@ def test_graceful_handover_duplicates(flow):
           f"{duplicates} duplicates; the stopped worker exited in {stop_s:.1f} s")
     assert set(counts) == ids
     assert duplicates == 0, {k: v for k, v in counts.items() if v > 1}
+
+
+def batch_size_buckets(port: int) -> dict[str, float]:
+    """``le`` -> cumulative count of the worker's streamscore_batch_size histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {sample.labels["le"]: sample.value for family in text_string_to_metric_families(text)
+            if family.name == "streamscore_batch_size" for sample in family.samples
+            if sample.name == "streamscore_batch_size_bucket"}
+
+
+def test_fetched_backlog_reaches_the_agent_in_bounded_batches(flow):
+    """A backlog loaded before the worker starts is fetched ~1 MiB per partition at once (thousands of events):
+    the agent scores it in batches of at most MAX_BATCH_EVENTS, each event exactly once."""
+    from streams.engines.faust_agent import MAX_BATCH_EVENTS
+
+    s = flow.settings
+    events = sample_events(174, 20_000)
+    produce(s, flow.json_topic, encode_events(events))
+    worker = flow.start_worker()
+    wait_scored(s, {e["event_id"] for e in events}, timeout=120)
+    counts = scored(s)
+    assert set(counts) == {e["event_id"] for e in events} and set(counts.values()) == {1}
+    buckets = batch_size_buckets(worker.settings.web_port)
+    total = buckets["+Inf"]
+    assert buckets[f"{MAX_BATCH_EVENTS:.1f}"] == total, buckets  # none above the bound (a bucket of its own)
+    assert buckets["1024.0"] < total, buckets  # fetched batches were larger than 1024: the cut was exercised
+    print(f"\nfaust agent: 20,000 events in {total:.0f} batches, {total - buckets['1024.0']:.0f} of 1025-2048")
