@@ -24,6 +24,7 @@ from streams.cli.demo import stop_worker
 from streams.cli.produce import encode_events, produce
 from streams.kafka import clients
 from streams.kafka.reader import read_all, wait_for
+from tests.support.metrics import metric_families
 
 pytestmark = pytest.mark.e2e
 
@@ -114,12 +115,7 @@ def test_graceful_handover_duplicates(flow):
 
 def batch_size_buckets(port: int) -> dict[str, float]:
     """``le`` -> cumulative count of the worker's streamscore_batch_size histogram."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {sample.labels["le"]: sample.value for family in text_string_to_metric_families(text)
-            if family.name == "streamscore_batch_size" for sample in family.samples
+    return {sample.labels["le"]: sample.value for sample in metric_families(port)["streamscore_batch_size"]
             if sample.name == "streamscore_batch_size_bucket"}
 
 

@@ -17,26 +17,19 @@ import urllib.request
 import orjson
 import pytest
 from confluent_kafka import KafkaException
-from prometheus_client.parser import text_string_to_metric_families
 
 from models.demo import sample_events
 from streams.cli.produce import encode_events, produce
 from streams.kafka.reader import read_all, wait_for
 from streams.worker.lag import LagMonitor
 from tests.conftest import free_port
+from tests.support.metrics import metric_families
 
 pytestmark = pytest.mark.e2e
 
 
-def scrape(port: int) -> dict[str, list]:
-    """The worker's /metrics as {metric family name: samples}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        text = resp.read().decode()
-    return {family.name: family.samples for family in text_string_to_metric_families(text)}
-
-
 def lag_by_partition(port: int, topic: str) -> dict[int, float]:
-    samples = scrape(port).get("streamscore_consumer_lag", [])
+    samples = metric_families(port, timeout=2).get("streamscore_consumer_lag", [])
     return {int(s.labels["partition"]): s.value for s in samples if s.labels["topic"] == topic}
 
 
@@ -136,7 +129,7 @@ def test_metrics_expose_lag_per_partition_falling_to_zero_once_scored(flow):
     assert seen_total[-1] == 0, f"lag never reached 0: last {seen_total[-5:]}"
     scored = {orjson.loads(m.value())["event_id"] for m in read_all(s, s.prediction_topic)}
     assert scored == {e["event_id"] for e in backlog}  # lag 0 means scored, not just fetched
-    metrics = scrape(port)
+    metrics = metric_families(port, timeout=2)
     assert metrics["streamscore_broker_reachable"][0].value == 1
     assert set(lag_by_partition(port, flow.avro_topic)) == set(range(s.partitions))  # every input topic
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
