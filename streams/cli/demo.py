@@ -439,10 +439,6 @@ def _scores(port: int, model: str, role: str) -> bool:
     return any(r["role"] == role and r["model"] == model for r in routes)
 
 
-def _drift_status(port: int) -> dict:
-    return _worker_json(port, "/drift")
-
-
 class LoopStopped(Exception):
     """The closed-loop demo cannot go on: a step did not come in time, or a child process exited."""
 
@@ -458,12 +454,12 @@ def _loop_steps(s: Settings, console: Console, steps: StepPrinter, concept_label
         produce(s, s.labels_topic, _labels(before, concept_labels(np.random.default_rng(seed), _matrix(before))))
         steps.say(f"produced {LOOP_BEFORE} events + their labels (rule: the demo model's own)")
         steps.until("judgement of the labels",
-                    lambda: (_drift_status(s.web_port)["labels_evaluated"] or 0) >= LOOP_BEFORE)
+                    lambda: (_worker_json(s.web_port, "/drift")["labels_evaluated"] or 0) >= LOOP_BEFORE)
         steps.say(f"drift lane judged {LOOP_BEFORE} labels: no alert (champion matches the rule)")
 
         produce(s, topic, encode_events(stamped_now(after)))
         steps.until("post-change inputs in the drift window",
-               lambda: (_drift_status(s.web_port)["messages_evaluated"] or 0) >= LOOP_BEFORE + LOOP_AFTER)
+               lambda: (_worker_json(s.web_port, "/drift")["messages_evaluated"] or 0) >= LOOP_BEFORE + LOOP_AFTER)
         changed = concept_labels(np.random.default_rng(seed + 1), _matrix(after), changed_from=0)
         produce(s, s.labels_topic, _labels(after, changed))
         steps.say(f"[bold]concept change[/]: {LOOP_AFTER} more events, labelled by a new rule "
