@@ -4,8 +4,10 @@ Subclasses implement ``run`` and check ``stopping``; ``stop`` sets it and waits 
 lane can seal, commit or close its consumer on the way out. An unexpected error in ``run`` never kills the
 lane silently: it is logged once with its cause (repeats are counted), the lane is reported unhealthy
 while it waits, and ``run`` starts again after a backoff (1 s, 2 s, 4 s … at most 30 s). Lanes call
-``beat`` in their loop: it marks progress (``health()`` shows its age), and it is where an injected fault
-surfaces (``inject_failures``, for fault tests through the worker's debug endpoint).
+``beat`` in their loop: it marks progress (``health()`` shows its age), a restarted lane is healthy again
+only from its first beat (not from the moment ``run`` is entered, when it may fail again at once), and it
+is where an injected fault surfaces (``inject_failures``, for fault tests through the worker's debug
+endpoint).
 
 >>> import time
 >>> class Ticker(BackgroundThread):
@@ -56,7 +58,7 @@ class BackgroundThread:
         self._thread: threading.Thread | None = None
         self.restarts = 0
         self.last_error: str | None = None
-        self.failing = False  # True from an error until run() starts again
+        self.failing = False  # True from an error until the restarted run() beats
         self.last_beat = time.monotonic()
         self._inject = 0
         self._logged: set[str] = set()
@@ -70,6 +72,7 @@ class BackgroundThread:
         if self._inject:
             self._inject -= 1
             raise InjectedFault("injected by a fault test")
+        self.failing = False
 
     def inject_failures(self, times: int = 1) -> None:
         """Make the next ``times`` beats raise (each one a crash the supervisor must recover from)."""
@@ -79,7 +82,6 @@ class BackgroundThread:
         attempt = 0
         while not self.stopping.is_set():
             try:
-                self.failing = False
                 self.run()
                 return  # run() returns only when stopping
             except Exception as exc:  # supervised: logged once per kind of error, then restarted with backoff
@@ -113,7 +115,7 @@ class BackgroundThread:
         return self._thread is not None and self._thread.is_alive()
 
     def health(self) -> dict[str, object]:
-        """For /healthz: healthy while the thread runs and is not waiting to restart after an error."""
+        """For /healthz: healthy while the thread runs and has beaten since its last error."""
         if self._thread is None:
             return {"healthy": False, "alive": False, "reason": NOT_STARTED}
         return {
