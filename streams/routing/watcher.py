@@ -286,6 +286,7 @@ class RegistryWatcher(BackgroundThread):
         try:
             while not self.stopping.is_set():
                 try:
+                    self.beat()  # an injected fault lands in the handler below, like any other failed round
                     self.step(0.2)
                 except Exception as exc:  # a dead watcher would serve a stale table silently: never let it die
                     self.thread_errors += 1
@@ -401,6 +402,7 @@ class FeedbackLane(BackgroundThread):
         consumer = self._consumer
         try:
             while not self.stopping.is_set():
+                self.beat()
                 for msg in clients.records(consumer, 500, 0.2, where="routing feedback"):
                     try:
                         label = decode_label(msg.value())
@@ -409,7 +411,8 @@ class FeedbackLane(BackgroundThread):
                     self.labels += 1
                     self.rewarded += self.router.learn(label.event_id, label.label, label.reward)
         finally:
-            consumer.close()
+            if self.stopping.is_set():  # after an error the supervisor runs this again with the same consumer
+                consumer.close()
 
 
 class Registry:

@@ -154,6 +154,7 @@ class Worker:
             health.add("learner", self.learning.health)
         if self.registry is not None:
             health.add("registry-watcher", self.registry.watcher.health)
+            health.add("routing-feedback", self.registry.feedback.health)  # bandit rewards stop without it
         return health
 
     def _assigned_partitions(self) -> set[tuple[str, int]] | None:
@@ -166,6 +167,7 @@ class Worker:
         """Fault tests (STREAMSCORE_DEBUG_ENDPOINTS): make ``part`` crash ``times`` times, from the inside."""
         lanes = {"lag-monitor": self.lag, "drift-lane": self.drift.lane if self.drift else None,
                  "registry-watcher": self.registry.watcher if self.registry else None,
+                 "routing-feedback": self.registry.feedback if self.registry else None,
                  "faust-agent": self.scoring_agent}
         lane = lanes.get(part)
         if lane is not None:

@@ -7,37 +7,14 @@ a scoring engine thread that is gone stays failing, and with lag on its partitio
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
-
 import pytest
 
 from models.demo import sample_events
 from streams.cli.produce import encode_events, produce
 from streams.kafka.reader import wait_for
+from tests.support.health import get, watch
 
 pytestmark = pytest.mark.e2e
-
-
-def get(port: int, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def watch(port: int, predicate, timeout: float) -> tuple[float, dict]:
-    """Seconds until /healthz satisfies ``predicate(status, body)``; fails after ``timeout``."""
-    started = time.monotonic()
-    while True:
-        status, body = get(port, "/healthz")
-        if predicate(status, body):
-            return time.monotonic() - started, body
-        assert time.monotonic() - started < timeout, f"/healthz stayed {status}: {body}"
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("engine", ["batch"])

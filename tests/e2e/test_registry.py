@@ -31,6 +31,8 @@ from streams.kafka.publisher import Outbound, Publisher
 from streams.kafka.reader import read_all, wait_for
 from streams.routing.router import ABSplit
 from streams.routing.watcher import ensure_registry_topic, registry_for
+from tests.conftest import free_port
+from tests.support.health import get, watch
 from tests.support.registry_worker import registry_status, start_on_known_port, wait_registry_status
 
 pytestmark = pytest.mark.e2e
@@ -262,6 +264,37 @@ def test_thompson_bandit_converges_to_the_better_model_on_label_rewards(rflow):
     print(f"share of the better arm per round: {shares}; arm stats {stats}")
     assert 0.25 < shares[0] < 0.75  # no prior: both arms explored
     assert shares[-1] > 0.9 and stats["1"]["mean_reward"] > 0.8 > 0.2 > stats["3"]["mean_reward"]
+
+
+@pytest.mark.parametrize("engine", ["batch"])
+def test_registry_lanes_that_crash_fail_health_then_keep_rewarding_and_swapping(rflow):
+    """The feedback lane crashes twice (/healthz fails while it backs off 1 + 2 s), keeps its consumer, and
+    rewards every label sent after; the watcher crashes once (/readyz fails) and still applies a promotion."""
+    s = rflow.settings
+    rflow.registry.set_route("*", {"policy": "bandit", "arms": ["1", "3"], "algorithm": "thompson", "seed": 5})
+    port = free_port()
+    rflow.start_worker(web_port=port, debug_endpoints=True)
+    events = sample_events(71, 150)
+    produce(s, rflow.json_topic, encode_events(events))
+    predictions(s, s.prediction_topic, {e["event_id"] for e in events})
+    watch(port, lambda status, body: status == 200, timeout=30)
+
+    assert get(port, "/debug/fail?part=routing-feedback&times=2")[0] == 200
+    took, body = watch(port, lambda status, body: "routing-feedback" in body.get("failing", []), timeout=10)
+    assert took < 10 and body["parts"]["routing-feedback"]["last_error"].startswith("InjectedFault")
+    _, body = watch(port, lambda status, body: status == 200, timeout=30)
+    assert body["parts"]["routing-feedback"]["restarts"] == 2
+    send_labels(s, events, 71)
+    status = wait_registry_status(port, lambda st: st["labels_rewarded"] >= len(events))
+    assert (status["labels_read"], status["labels_rewarded"]) == (len(events), len(events))
+
+    assert get(port, "/debug/fail?part=registry-watcher")[0] == 200
+    _, body = watch(port, lambda status, body: not body["registry_applied"], timeout=10, path="/readyz")
+    assert body["ready"] is False
+    watch(port, lambda status, body: status == 200, timeout=30, path="/readyz")
+    rflow.registry.set_route("*", {"policy": "single", "version": "2"})
+    status = wait_registry_status(port, lambda st: list(st["default"]["arms"].values()) == ["demo-risk@2"])
+    assert list(status["default"]["arms"].values()) == ["demo-risk@2"] and status["healthy"] is True
 
 
 @pytest.mark.parametrize("engine", ["batch"])
