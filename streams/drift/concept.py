@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,6 +86,15 @@ class ConceptTracker:
             self._pair(row, y)
         else:
             self.rows.add_features(event_id, row, ts_ms)
+
+    def add_many_features(self, event_ids: Sequence[str], rows: Sequence[list[float]],
+                          ts_ms: Sequence[int | None]) -> None:
+        """``add_features`` for a batch (the drift lane's sample of a scored batch)."""
+        if self.early:  # some labels came first: pair those one by one
+            for event_id, row, ts in zip(event_ids, rows, ts_ms, strict=True):
+                self.add_features(event_id, row, ts)
+        else:
+            self.rows.add_many_features(event_ids, rows, ts_ms)
 
     def add_label(self, value: bytes | None) -> None:
         try:

@@ -198,8 +198,8 @@ class DriftMonitor:
             if self.concept is not None:
                 # A view of this batch's sample per event (~180 B) rather than a list of 8 floats (~320 B): the
                 # join store holds up to drift_label_join_size (100k) of them while labels are awaited.
-                for at in np.flatnonzero(hit).tolist():
-                    self.concept.add_features(events[j[at]].event_id, rows[at], picked[at].timestamp_ms)
+                self.concept.add_many_features([events[k].event_id for k in hits], list(rows[hit]),
+                                               [picked[at].timestamp_ms for at in np.flatnonzero(hit).tolist()])
 
     def listener(self, messages: Sequence[InboundMessage], decoded: DecodedRows) -> None:
         """The hook on the scoring pipeline: never lets a drift problem fail a scoring batch (logged, counted)."""

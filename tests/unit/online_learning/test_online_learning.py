@@ -302,6 +302,23 @@ def test_join_window_ttl_makes_labels_late_not_unknown():
     assert len(store) == 0 and store.miss_reason("stale") == "late"
 
 
+def test_join_window_batch_adds_hold_what_one_by_one_adds_hold():
+    """Duplicates, learned ids, a stale input and the size bound inside one batch: same entries, same reasons."""
+    batch = [("a", [1.0], 999_000), ("b", [2.0], 999_100), ("a", [9.0], 999_200), ("stale", [3.0], 900_000),
+             ("done", [4.0], 999_300), ("c", [5.0], 999_400), ("d", [6.0], 999_500)]
+    stores = [JoinStore(ttl_s=10, max_size=3, clock=Clock()) for _ in range(2)]
+    for store in stores:
+        store.add_features("done", [0.0], ts_ms=998_000)
+        assert store.take("done") is not None  # learned: a redelivery must not be held again
+    for event_id, row, ts in batch:
+        stores[0].add_features(event_id, row, ts)
+    stores[1].add_many_features(*zip(*batch, strict=True))
+    one_by_one, at_once = ({i: (e.ts_ms, e.row) for i, e in s._entries.items()} for s in stores)
+    assert at_once == one_by_one == {"b": (999_100, [2.0]), "c": (999_400, [5.0]), "d": (999_500, [6.0])}
+    reasons = [[s.miss_reason(i) for i in ("a", "stale", "done", "never")] for s in stores]
+    assert reasons[0] == reasons[1] == ["late", "late", "duplicate", "unknown"]
+
+
 def test_join_window_prediction_first_then_features_and_no_relearning():
     store = JoinStore(ttl_s=60, max_size=10, clock=Clock())
     store.add_prediction("e", "3", 0.2, "legit")

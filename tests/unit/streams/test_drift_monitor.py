@@ -17,6 +17,7 @@ from models.demo import sample_events
 from models.onnx_scorer import OnnxScorer
 from schemas.drift import DriftAlert, DriftRecord, RetrainRequest, decode
 from streams.drift.alerts import AlertDebouncer
+from streams.drift.concept import ConceptTracker
 from streams.drift.detectors import ConceptDriftMonitor
 from streams.drift.lane import DRIFT_STATISTIC, DRIFT_STATUS, DriftMonitor
 from streams.drift.report import render_report
@@ -221,3 +222,15 @@ def test_lane_samples_inputs_above_the_rate_cap_and_always_reads_labels(settings
     assert (monitor.window.appended, monitor.sampled_out) == (100, 280)
     monitor.add_many(more, now=t0 + 0.705)  # not t0 + 0.7: 69.99999 tokens would make it 69
     assert (monitor.window.appended, monitor.sampled_out) == (170, 290)  # 70.5 tokens: 70 of the 80 at once
+
+
+def test_a_sampled_batch_pairs_labels_that_came_first_and_holds_the_rest():
+    tracker = ConceptTracker(positive_class="risky", join_ttl_s=3600, join_size=100)
+    tracker.add_label(orjson.dumps({"event_id": "e2", "label": "risky", "label_time": 1}))  # before its event
+    tracker.add_many_features(["e1", "e2", "e3"], [[0.1], [0.2], [0.3]], [None, None, None])
+    rows, ys = tracker.take_pending()
+    assert (rows.tolist(), ys.tolist(), len(tracker.rows), len(tracker.early)) == ([[0.2]], [1.0], 2, 0)
+    tracker.add_many_features(["e4"], [[0.4]], [None])  # no early label left: the batch goes to the store at once
+    tracker.add_label(orjson.dumps({"event_id": "e4", "label": "legit", "label_time": 2}))
+    rows, ys = tracker.take_pending()
+    assert (rows.tolist(), ys.tolist(), len(tracker.rows)) == ([[0.4]], [0.0], 2)
