@@ -107,9 +107,7 @@ def register_scoring_agent(
     async def ack_when_delivered(delivery: Delivery, messages: list[Message]) -> None:
         try:
             await delivered_or_dead_lettered(delivery, pipeline.records, publisher, asyncio.get_running_loop())
-            ack = app.consumer.ack
-            for message in messages:
-                ack(message)
+            app.consumer.ack_batch(messages)
         except asyncio.CancelledError:  # stopping: unacked inputs are consumed again after restart
             raise
         except Exception:  # never ack what is not delivered; the agent keeps scoring
