@@ -294,15 +294,25 @@ class UnknownRows(ValueError):
 
 def select_rows(names: list[str], only: str | None) -> list[str]:
     """The rows ``--only`` keeps: the baseline (every ratio needs it) and each row whose name contains one of the
-    comma-separated filters. A filter that matches nothing is a mistake (``UnknownRows``), not an empty run.
+    comma-separated filters, or contains the whole of ``only`` (row names have commas: "faust, scoring only" is
+    that one row, not every faust row and every scoring-only row). A filter that matches nothing is a mistake
+    (``UnknownRows``), not an empty run.
 
-    >>> select_rows(["baseline", "batch, as deployed", "faust, scoring only"], "faust")
+    >>> rows = ["baseline", "batch, as deployed", "faust, scoring only", "batch, scoring only"]
+    >>> select_rows(rows, "faust")
     ['baseline', 'faust, scoring only']
+    >>> select_rows(rows, "faust, scoring only")
+    ['baseline', 'faust, scoring only']
+    >>> select_rows(rows, "faust, as deployed")
+    ['baseline', 'batch, as deployed', 'faust, scoring only']
     >>> select_rows(["baseline", "batch, as deployed"], None)
     ['baseline', 'batch, as deployed']
     """
     if not only:
         return names
+    whole = only.strip()
+    if whole and any(whole in name for name in names if name != "baseline"):
+        return [name for name in names if name == "baseline" or whole in name]
     filters = [f.strip() for f in only.split(",") if f.strip()]
     unmatched = [f for f in filters if not any(f in name for name in names)]
     if unmatched or not filters:

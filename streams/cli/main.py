@@ -318,9 +318,9 @@ def demo(
 def bench(
     events: Annotated[int, typer.Option(help="Events per measured run.")] = 100_000,
     quick: Annotated[bool, typer.Option(help="Smaller runs, for a smoke check.")] = False,
-    only: Annotated[str | None, typer.Option(help="Only the rows whose name contains one of these comma-separated "
-                                             "filters (e.g. 'scoring only' or 'faust,2 workers'), plus the "
-                                             "baseline; no River rows.")] = None,
+    only: Annotated[str | None, typer.Option(help="Only the rows whose name contains the whole string (e.g. "
+                                             "'faust, scoring only') or else one of its comma-separated filters "
+                                             "(e.g. 'faust,2 workers'), plus the baseline; no River rows.")] = None,
 ) -> None:
     """Measure end-to-end throughput and latency against raw confluent-kafka and raw onnxruntime."""
     from streams.cli.bench import UnknownRows, run_bench  # heavy: the benchmark's imports, ~0.3 s: only for `bench`
