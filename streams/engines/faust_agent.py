@@ -1,22 +1,24 @@
 """The Faust agent of the scoring flow: topic -> validate -> score -> publish -> ack.
 
-The agent takes whole fetched batches: ``StreamscoreApp.batch_topic`` (streams/kafka/faust_transport.py)
-hands each partition's records from one ``getmany`` to an in-memory channel as one list, and the agent
-iterates that channel. Faust's per-event path (conductor → topic queue → stream → ``noack_take``, two tasks
-per event in the fetcher) capped an empty agent near 15k events/s and ours at 5–7k; per batch it costs
-nothing measurable (see docs/benchmarks.md).
+The agent takes whole fetched batches: ``StreamscoreApp.batch_topic`` (streams/kafka/faust_transport.py) hands
+each partition's records from one ``getmany`` to the agent's queue as ``FetchedBatch`` es of at most
+``MAX_BATCH_EVENTS`` ``InboundMessage`` s, built straight from the fetched records (no Faust ``Message`` per
+event), and the agent iterates them. Faust's per-event path (conductor → topic queue → stream →
+``noack_take``, two tasks per event in the fetcher) capped an empty agent near 15k events/s and ours at 5–7k;
+per batch it costs nothing measurable (see docs/benchmarks.md).
 
-At-least-once: each input is acked (``Consumer.ack``) only after every output of its batch is acknowledged
-by the broker; Faust's commit handler commits acked offsets every ``commit_interval``, and rebalances wait
-for unacked inputs. Up to ``MAX_BATCHES_IN_FLIGHT`` batches await delivery at once, so the broker round trip
-does not serialise the agent, and a fetched batch is cut into batches of at most ``MAX_BATCH_EVENTS``
-so that what is in flight stays bounded. A batch that can never be acked (the agent crashed on it, or its delivery
-failed for a reason other than a refused output) is released and the consumer rewinds to its committed
-offsets, so it is read again and nothing waits for it: neither a commit past it nor a shutdown that hangs.
+At-least-once: a batch's inputs are acked (``ack_batch``, Faust's ``Consumer.ack`` for all of them) only after
+every output of the batch is acknowledged by the broker; Faust's commit handler commits acked offsets every
+``commit_interval``, and rebalances wait for unacked inputs. Up to ``MAX_BATCHES_IN_FLIGHT`` batches await
+delivery at once, so the broker round trip does not serialise the agent, and a fetched batch is cut into
+batches of at most ``MAX_BATCH_EVENTS`` so that what is in flight stays bounded. A batch that can never be
+acked (the agent crashed on it, or its delivery failed for a reason other than a refused output) is released
+and the consumer rewinds to its committed offsets, so it is read again and nothing waits for it: neither a
+commit past it nor a shutdown that hangs.
 
-A batch whose delivery fails never crashes the agent. The publisher retries transient failures for as long
-as it takes; an output refused for good becomes an ``output_rejected`` dead letter about its input, and the
-input is acked once that letter is delivered.
+A batch whose delivery fails never crashes the agent. The publisher retries transient failures for as long as
+it takes; an output refused for good becomes an ``output_rejected`` dead letter about its input, and the input
+is acked once that letter is delivered.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
-from faust.types import TP, Message
+from faust.types import TP
 
 from streams import metrics
 from streams.engines.batch import adopt_offsets, batch_group_id
 from streams.engines.heap import freeze_startup_heap
-from streams.kafka.faust_transport import StreamscoreApp
+from streams.kafka.faust_transport import FetchedBatch, StreamscoreApp
 from streams.kafka.publisher import Delivery, Publisher
 from streams.scoring.pipeline import InboundMessage, ScoringPipeline
 from streams.scoring.records import RecordBuilder
@@ -51,12 +53,6 @@ MAX_BATCH_EVENTS = 2048
 MAX_BATCHES_QUEUED = 8
 # At stop, batches on their way to the broker are waited for this long before Faust's final commit.
 DRAIN_TIMEOUT_S = 10.0
-
-
-def inbound(message: Message) -> InboundMessage:
-    headers, timestamp = message.headers, message.timestamp
-    return InboundMessage(message.topic, message.partition, message.offset, message.key, message.value,
-                          int(timestamp * 1000) if timestamp else None, list(headers) if headers else None)
 
 
 class ScoringAgent:
@@ -88,32 +84,32 @@ def register_scoring_agent(
     # crashed agent's stream lingers among them (a WeakSet) until collected and would swallow batches.
     live: list[asyncio.Queue] = []
 
-    async def to_agent(tp: TP, messages: list[Message]) -> None:
-        for start in range(0, len(messages), MAX_BATCH_EVENTS):
-            while not live:  # the agent is (re)starting
-                await asyncio.sleep(0.01)
-            await live[0].put(messages[start:start + MAX_BATCH_EVENTS])
+    async def to_agent(tp: TP, batch: FetchedBatch) -> None:
+        while not live:  # the agent is (re)starting
+            await asyncio.sleep(0.01)
+        await live[0].put(batch)
 
-    app.batch_topic(source, to_agent)
+    # Inputs are built straight from the fetched records: InboundMessage takes the fields in make_input's order.
+    app.batch_topic(source, to_agent, make_input=InboundMessage, max_batch=MAX_BATCH_EVENTS)
     # Validation and ONNX run on one worker thread so a large batch never blocks heartbeats.
     scoring_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
     in_flight = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
 
-    def drop(messages: list[Message]) -> None:
+    def drop(batch: FetchedBatch) -> None:
         """A batch that will never be acked: forget it and read again from the committed offsets."""
-        app.consumer.release(messages)
+        app.consumer.release([batch])
         app.consumer.rewind()
 
-    async def ack_when_delivered(delivery: Delivery, messages: list[Message]) -> None:
+    async def ack_when_delivered(delivery: Delivery, batch: FetchedBatch) -> None:
         try:
             await delivered_or_dead_lettered(delivery, pipeline.records, publisher, asyncio.get_running_loop())
-            app.consumer.ack_batch(messages)
+            app.consumer.ack_batch(batch)
         except asyncio.CancelledError:  # stopping: unacked inputs are consumed again after restart
             raise
         except Exception:  # never ack what is not delivered; the agent keeps scoring
             log.exception("scoring agent: a batch of %d inputs was not delivered; reading again from the "
-                          "committed offsets", len(messages))
-            drop(messages)
+                          "committed offsets", len(batch))
+            drop(batch)
         finally:
             in_flight.release()
 
@@ -146,23 +142,23 @@ def register_scoring_agent(
     async def score(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         freeze_startup_heap()  # full collections walked the whole start-up heap (streams/engines/heap.py)
-        messages: list[Message] = []
+        batch: FetchedBatch | None = None
         live[:] = [stream.channel.queue]
         try:
-            async for messages in stream:
-                if messages[0].generation_id != app.consumer_generation_id:
-                    app.consumer.release(messages)  # fetched before a rebalance: read again by the new owner
+            async for batch in stream:
+                if batch.generation_id != app.consumer_generation_id:
+                    app.consumer.release([batch])  # fetched before a rebalance: read again by the new owner
                     continue
                 if handle.failures:
                     handle.failures -= 1
                     raise RuntimeError("injected scoring agent failure (debug endpoint)")
                 await in_flight.acquire()
                 received_ms = time.time_ns() // 1_000_000
-                batch = [inbound(message) for message in messages]
                 scoring[0] = True
                 try:
-                    delivery = await loop.run_in_executor(scoring_thread, score_and_send, batch, received_ms, loop)
-                    task = asyncio.create_task(ack_when_delivered(delivery, messages))
+                    delivery = await loop.run_in_executor(scoring_thread, score_and_send, batch.inputs, received_ms,
+                                                          loop)
+                    task = asyncio.create_task(ack_when_delivered(delivery, batch))
                 except BaseException:
                     in_flight.release()
                     raise
@@ -170,14 +166,15 @@ def register_scoring_agent(
                     scoring[0] = False
                 pending.add(task)
                 task.add_done_callback(pending.discard)
-                messages = []
+                batch = None
         except asyncio.CancelledError:
             raise
         except Exception:  # Faust restarts the agent; the batch it held must not hold up commits or shutdown
             live.clear()
             log.exception("scoring agent crashed on a batch of %d inputs; reading again from the committed offsets",
-                          len(messages))
-            drop(messages)
+                          len(batch) if batch is not None else 0)
+            if batch is not None:
+                drop(batch)
             raise
         finally:
             live.clear()
