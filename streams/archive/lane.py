@@ -57,6 +57,12 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# librdkafka looks at the subscribed topics' metadata every 5 min by default. A topic deleted and re-created on
+# Tansu usually crashed this process (docs/data_versioning.md), and the restarted child saw the new incarnation;
+# when it did not crash (1 clean-clone CI run in 3 on a loaded box), it read nothing of the new incarnation for
+# the test's 120 s. Looking every 5 s bounds that wait.
+METADATA_REFRESH_MS = 5000
+
 ARCHIVED = Counter("streamscore_archive_records_total", "Records written to archive segments", ["topic"])
 SKIPPED = Counter("streamscore_archive_records_skipped_total", "Records consumed again that the archive already "
                   "holds (same epoch, same bytes): acknowledged, not written twice", ["topic"])
@@ -150,7 +156,8 @@ class ArchiveLane(BackgroundThread):
         # slowly peaked at +58-68 MB RSS with the defaults, +27 MB with 4 MB / 4 MB, which still read it at
         # ~60k records/s (the lane writes ~20-30k/s); 1 MB fetches throttled it to ~9k/s (measured, Tansu).
         consumer = clients.consumer(self.settings.kafka, self.group_id, background=True,
-                                    **{"queued.max.messages.kbytes": 4096, "fetch.max.bytes": 4 * 1024 * 1024})
+                                    **{"queued.max.messages.kbytes": 4096, "fetch.max.bytes": 4 * 1024 * 1024,
+                                       "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS})
         self._admin = clients.admin(self.settings.kafka)
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
