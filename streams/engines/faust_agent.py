@@ -97,7 +97,7 @@ def register_scoring_agent(
 
     def drop(batch: FetchedBatch) -> None:
         """A batch that will never be acked: forget it and read again from the committed offsets."""
-        app.consumer.release([batch])
+        app.consumer.release(batch)
         app.consumer.rewind()
 
     async def ack_when_delivered(delivery: Delivery, batch: FetchedBatch) -> None:
@@ -147,7 +147,7 @@ def register_scoring_agent(
         try:
             async for batch in stream:
                 if batch.generation_id != app.consumer_generation_id:
-                    app.consumer.release([batch])  # fetched before a rebalance: read again by the new owner
+                    app.consumer.release(batch)  # fetched before a rebalance: read again by the new owner
                     continue
                 if handle.failures:
                     handle.failures -= 1

@@ -26,7 +26,7 @@ and read again from the committed offsets, so shutdown and rebalances do not wai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,9 +182,9 @@ class _Consumer(driver.Consumer):
             self._n_acked += len(offsets)
             notify(self._waiting_for_ack)
 
-    def release(self, batches: Iterable[FetchedBatch]) -> None:
-        """Forget tracked batches that will never be acked (dropped): nothing waits for them."""
-        self._unacked_messages.difference_update(batches)
+    def release(self, batch: FetchedBatch) -> None:
+        """Forget a tracked batch that will never be acked (dropped): nothing waits for it."""
+        self._unacked_messages.discard(batch)
 
     def rewind(self) -> None:
         """Read every partition again from its committed offset, or from where reading started if nothing is

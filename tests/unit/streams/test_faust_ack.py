@@ -57,5 +57,5 @@ def test_a_released_batch_is_no_longer_waited_for():
     consumer = consumer_committed_at(0)
     batch = FetchedBatch(TP0, [InboundMessage(TOPIC, 0, 0, b"k", b"v")], generation_id=1)
     consumer._track_batch(TP0, batch)
-    consumer.release([batch])
+    consumer.release(batch)
     assert len(consumer._unacked_messages) == 0 and bookkeeping(consumer) == ([], [], 0)
