@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from datastore.canonical import SourceRecord
 from schemas.codecs import InvalidEvent, decode_feature_event
-from schemas.hot_path import Event, _string_colons
+from schemas.event_struct import decode_event_json, keys_are_unique
 from schemas.labels import InvalidLabel, decode_label
 from schemas.records import SUPPORTED_SCHEMA_VERSIONS, Prediction
 
@@ -59,7 +59,6 @@ def event_row(rec: SourceRecord, wire_format: str, max_bytes: int = 65536) -> di
     return row
 
 
-_decode_event = msgspec.json.Decoder(Event).decode
 _asdict = msgspec.structs.asdict
 
 
@@ -73,19 +72,15 @@ def _fast_event(raw: bytes | None, max_bytes: int) -> dict[str, Any] | None:
     if not raw or len(raw) > max_bytes or raw[0] == 0:
         return None
     try:
-        ev = _decode_event(raw)
+        ev = decode_event_json(raw)
     except msgspec.DecodeError:
         return None
-    md = ev.metadata
-    keys = 5 + len(ev.features) + (0 if md is UNSET else 1 + (len(md) if md else 0))
-    colons = raw.count(b":")
-    # schemas.hot_path's rule of schemas.strict.json_duplicate_key (private there: one rule, not two copies)
-    if colons != keys and (b"\\" in raw or colons - _string_colons(ev) != keys):
+    if not keys_are_unique(raw, ev):
         return None
     if ev.schema_version not in SUPPORTED_SCHEMA_VERSIONS or not all(map(math.isfinite, ev.features.values())):
         return None
     row = _asdict(ev)
-    if md is UNSET:
+    if ev.metadata is UNSET:
         row["metadata"] = None
     return row
 

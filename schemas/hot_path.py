@@ -30,14 +30,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
 import orjson
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET
 
 from .codecs import InvalidEvent, SchemaResolver, _parse_avro, decode_feature_event
+from .event_struct import Event, decode_event_json, keys_are_unique
 from .records import SUPPORTED_SCHEMA_VERSIONS, FeatureEvent
 from .validation import FeatureValidator, out_of_float32_reason
 
@@ -46,22 +47,7 @@ __all__ = ["DecodedRows", "Event", "decode_rows", "encode_predictions"]
 Format = Literal["json", "avro", "auto"]
 
 
-class Event(Struct, forbid_unknown_fields=True, gc=False):
-    """The FeatureEvent contract as a msgspec struct (same fields, types and bounds as records.FeatureEvent).
-
-    Has the attributes the pipeline reads from a FeatureEvent. ``metadata`` is UNSET only while decoding
-    (so an absent key can be told from ``null`` when counting keys); ``decode_rows`` returns None instead.
-    """
-
-    event_id: Annotated[str, Meta(min_length=1)]
-    entity_id: str
-    event_time: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
-    schema_version: Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
-    features: dict[str, float]
-    metadata: dict[str, str] | None | UnsetType = UNSET
-
-
-_decode_json = msgspec.json.Decoder(Event).decode
+_decode_json = decode_event_json
 _DecodeError = msgspec.DecodeError  # ValidationError is a subclass
 _SUPPORTED = SUPPORTED_SCHEMA_VERSIONS
 _metadata, _schema_version, _features, _event_id, _entity_id, _event_time = map(attrgetter, (
@@ -76,12 +62,6 @@ class DecodedRows:
     events: list[Event] = field(default_factory=list)
     X: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))  # C-contiguous float32
     errors: list[tuple[int, InvalidEvent]] = field(default_factory=list)  # (input position, error), in order
-
-
-def _string_colons(ev: Event) -> int:
-    md = ev.metadata
-    text = "".join(chain((ev.event_id, ev.entity_id), ev.features, md or (), (md or {}).values()))
-    return text.count(":")
 
 
 def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Format], validator: FeatureValidator,
@@ -141,12 +121,9 @@ def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Forma
 def _no_duplicate_keys(raw: bytes, ev: Event) -> bool:
     """The rule of schemas.strict.json_duplicate_key, specialised to the struct's known shape; also turns an
     absent ``metadata`` (UNSET while decoding) into None."""
-    md = ev.metadata
-    keys = 5 + len(ev.features) + (0 if md is UNSET else 1 + (len(md) if md else 0))
-    colons = raw.count(b":")
-    if colons != keys and (b"\\" in raw or colons - _string_colons(ev) != keys):
+    if not keys_are_unique(raw, ev):
         return False
-    if md is UNSET:
+    if ev.metadata is UNSET:
         ev.metadata = None
     return True
 

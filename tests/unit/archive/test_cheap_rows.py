@@ -3,6 +3,9 @@ bulk (msgspec) equal ``event_row``'s for every kind of input, and an open record
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import orjson
 
 from datastore.archive import Archive, TopicSpec
@@ -73,3 +76,18 @@ def test_a_redelivered_open_record_is_recognised_by_its_digest_and_a_changed_one
     assert arc.stats["epochs_started"] == 1 and "open segment" in arc.epochs_started[0].evidence
     arc.seal_all()
     arc.close()
+
+
+def test_the_archiver_child_decodes_without_numpy_faust_or_aiohttp() -> None:
+    # What `python -m streams.archive.lane` loads to archive inputs and predictions: numpy is 20 MB of its RSS
+    # (schemas.event_struct holds the struct numpy-free), Faust + aiohttp 13 MB (streams/archive/service.py).
+    code = ("import sys, orjson\n"
+            "from streams.archive.lane import run_archiver\n"
+            "from datastore.canonical import SourceRecord\n"
+            "from datastore.records import event_rows, prediction_row\n"
+            f"rec = SourceRecord('features', 0, 5, None, b'e1', {GOOD!r}, [])\n"
+            "assert event_rows([rec], 'json')[0]['event']['features'] == {'a': 1.0, 'b': 2.5}\n"
+            "assert prediction_row(rec._replace(value=b'{}'))['invalid_reason']\n"
+            "print(sorted(m for m in ('numpy', 'faust', 'aiohttp', 'mode') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from schemas import avro_schemas, codecs, drift, labels, records, validation
+from schemas import avro_schemas, codecs, drift, event_struct, labels, records, validation
 from schemas.avro_schemas import SCHEMA_IDS, parsed_schema, parsed_schema_by_id, raw_schema, schema_id
 from schemas.codecs import (
     REASON_CODES,
@@ -755,7 +755,7 @@ def test_input_hash_is_sha256_of_float32_le_row() -> None:
 # --- docstring examples stay runnable -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", [records, avro_schemas, codecs, validation, drift, labels],
+@pytest.mark.parametrize("module", [records, avro_schemas, codecs, validation, drift, labels, event_struct],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module: types.ModuleType) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
