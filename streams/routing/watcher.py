@@ -400,19 +400,23 @@ class FeedbackLane(BackgroundThread):
 
     def run(self) -> None:
         consumer = self._consumer
-        try:
-            while not self.stopping.is_set():
-                self.beat()
-                for msg in clients.records(consumer, 500, 0.2, where="routing feedback"):
-                    try:
-                        label = decode_label(msg.value())
-                    except InvalidLabel:
-                        continue  # the learner's lane dead-letters bad labels; here they just carry no reward
-                    self.labels += 1
-                    self.rewarded += self.router.learn(label.event_id, label.label, label.reward)
-        finally:
-            if self.stopping.is_set():  # after an error the supervisor runs this again with the same consumer
-                consumer.close()
+        while not self.stopping.is_set():
+            self.beat()
+            for msg in clients.records(consumer, 500, 0.2, where="routing feedback"):
+                try:
+                    label = decode_label(msg.value())
+                except InvalidLabel:
+                    continue  # the learner's lane dead-letters bad labels; here they just carry no reward
+                self.labels += 1
+                self.rewarded += self.router.learn(label.event_id, label.label, label.reward)
+
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
+        # Closed here, not when run ends: after an error the supervisor runs it again with the same consumer, and
+        # a stop during the back-off wait after an error never returns to run (its consumer was left open).
+        if self._consumer is not None and not self.alive:
+            self._consumer.close()
+            self._consumer = None
 
 
 class Registry:

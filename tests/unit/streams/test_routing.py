@@ -1,9 +1,12 @@
-"""Routing policies and the router, without a broker: splits, stickiness, canary health, bandits, table swaps."""
+"""Routing policies and the router, without a broker: splits, stickiness, canary health, bandits, table swaps,
+and the feedback lane's consumer lifecycle."""
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import orjson
@@ -234,3 +237,52 @@ def test_docstring_examples(module_name: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- the feedback lane's consumer ------------------------------------------------------------------------------
+class _LabelsConsumer:
+    """What FeedbackLane asks of its consumer; ``consume`` fails ``failures`` times, then returns nothing."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.consumed, self.closed = failures, 0, 0
+
+    def list_topics(self, topic: str, timeout: float) -> SimpleNamespace:
+        return SimpleNamespace(topics={topic: SimpleNamespace(partitions={0: None, 1: None})})
+
+    def get_watermark_offsets(self, tp: object, timeout: float) -> tuple[int, int]:
+        return 0, 5
+
+    def assign(self, partitions: list) -> None:
+        self.assigned = partitions
+
+    def consume(self, n: int, timeout: float) -> list:
+        self.consumed += 1
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("broker gone")
+        time.sleep(0.01)
+        return []
+
+    def close(self) -> None:
+        if self.closed:
+            raise RuntimeError("Consumer closed")  # as confluent-kafka's does
+        self.closed += 1
+
+
+@pytest.mark.parametrize(("failures", "restarts"), [(0, 0), (1, 1), (5, 0)], ids=["running", "restarted", "waiting"])
+def test_feedback_lane_closes_its_consumer_once_however_it_is_stopped(monkeypatch: pytest.MonkeyPatch,
+                                                                       failures: int, restarts: int) -> None:
+    # "waiting": stopped during the back-off after a failure, where run never ends to close it (it stayed open)
+    from streams.routing import watcher
+
+    fake = _LabelsConsumer(failures)
+    monkeypatch.setattr(watcher.clients, "standalone_consumer", lambda *a, **k: fake)
+    lane = watcher.FeedbackLane(Settings(), router=None)  # type: ignore[arg-type]  # no label arrives to reward
+    lane.backoff_s = (0.05,) if failures == 1 else (30.0,)
+    lane.start()
+    deadline = time.monotonic() + 5
+    while (fake.consumed < 3 if failures != 5 else fake.consumed < 1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lane.stop(timeout=2)
+    assert (fake.closed, lane.restarts, lane.alive) == (1, restarts, False)
+    assert [(tp.partition, tp.offset) for tp in fake.assigned] == [(0, 5), (1, 5)]  # from the end, as of start
