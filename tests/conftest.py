@@ -77,7 +77,7 @@ class Flow:
         proc = start_worker(settings, self.log_dir / f"worker-{len(self.workers)}.log", loglevel=loglevel)
         proc.settings = settings  # type: ignore[attr-defined]  # its web port, for health checks
         self.workers.append(proc)
-        if wait and not wait_ready(settings.web_port, timeout=90, proc=proc):
+        if wait and not wait_ready(settings.web_port, timeout=120, proc=proc):
             raise AssertionError(f"worker not ready:\n{self.log()}")
         return proc
 
@@ -91,7 +91,7 @@ class Flow:
         return procs
 
     def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("worker-*.log")))
 
     def stop_all(self) -> None:
         for proc in self.workers:

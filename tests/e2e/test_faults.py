@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -37,6 +37,7 @@ from streams.kafka.publisher import Outbound, Publisher
 from streams.kafka.reader import read_all, wait_for
 from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
+from tests.conftest import Flow, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -44,51 +45,6 @@ ENGINES = ("faust", "batch")
 
 
 # --- flows and workers ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Flow:
-    """One isolated scoring flow (own topics and group) with its worker processes."""
-
-    settings: Settings
-    log_dir: Path
-    workers: list = field(default_factory=list)
-
-    @property
-    def json_topic(self) -> str:
-        return next(t for t, f in self.settings.input_topics.items() if f == "json")
-
-    @property
-    def avro_topic(self) -> str:
-        return next(t for t, f in self.settings.input_topics.items() if f == "avro")
-
-    def start_worker(self, wait: bool = True, **overrides: object):
-        from streams.cli.demo import start_worker, wait_ready
-
-        settings = self.settings.model_copy(update={"web_port": free_port(), **overrides})
-        proc = start_worker(settings, self.log_dir / f"worker-{len(self.workers)}.log")
-        self.workers.append(proc)
-        if wait and not wait_ready(settings.web_port, timeout=120, proc=proc):
-            raise AssertionError(f"worker not ready:\n{self.log()}")
-        return proc
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("worker-*.log")))
-
-    def stop_all(self) -> None:
-        from streams.cli.demo import stop_worker
-
-        for proc in self.workers:
-            if proc.poll() is None:
-                stop_worker(proc)
 
 
 def make_flow(base: Settings, model_dir: Path, log_dir: Path, engine: str, **overrides: object) -> Flow:
