@@ -19,7 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from river import base, compose, forest, linear_model, optim, preprocessing, tree
+from online_learning.river_import import river_without_sklearn
+
+with river_without_sklearn():  # 89 MB instead of 160 (online_learning/river_import.py)
+    from river import base, compose, forest, linear_model, optim, preprocessing, tree
 
 Task = Literal["binary", "regression"]
 

@@ -102,11 +102,11 @@ class Worker:
 
             self.learning = register_learning(app, settings, features)
         self.drift = self.archiver = None
-        # Capabilities are imported only when on: the drift lane pulls scipy.stats and (through river.drift)
-        # sklearn, 180 MB of RSS and 1.1-2.5 s of start-up (measured); learning river and pandas; the archiver
-        # pyarrow. A scoring-only worker needs none of them.
+        # Capabilities are imported only when on: the drift lane pulls scipy.stats (66 MB of RSS) and, at the first
+        # label, River's detectors (7.5 MB: without scikit-learn, online_learning/river_import.py); learning river
+        # and pandas; the archiver its child process. A scoring-only worker needs none of them.
         if settings.drift_window > 0:
-            from streams.drift.lane import register_drift_monitor  # heavy: scipy, sklearn (see above)
+            from streams.drift.lane import register_drift_monitor  # heavy: scipy.stats (see above)
 
             self.drift = register_drift_monitor(app, settings, self.scorer, self._served_champion,
                                                 self.pipeline)

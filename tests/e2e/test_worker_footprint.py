@@ -3,7 +3,7 @@
 ``river.drift`` imports scikit-learn, pandas and pyarrow (209 MB of RSS in a fresh interpreter), ``scipy.stats``
 ~100 MB. A scoring-only worker needs none of them: it used to load them all, through the CLI's drift commands and a
 model-card check that built a scikit-learn estimator (378 MB at ready, 184 MB now). A worker as deployed needs scipy
-for its drift statistics, and River's detectors only once a label reaches the drift lane.
+for its drift statistics, and River's detectors (without scikit-learn) only once a label reaches the drift lane.
 
 Read from the worker's own ``/proc/<pid>/maps`` (the compiled extension of each library), after it has scored.
 """
@@ -14,6 +14,7 @@ import json
 import urllib.request
 from pathlib import Path
 
+import orjson
 import pytest
 
 from models.demo import sample_events
@@ -42,7 +43,7 @@ def test_a_scoring_only_worker_loads_none_of_the_training_and_statistics_librari
 
 
 @pytest.mark.parametrize("engine", ["batch"])
-def test_a_deployed_worker_loads_scipy_for_drift_and_no_river_before_a_label(flow: Flow) -> None:
+def test_a_deployed_worker_loads_scipy_for_drift_and_river_without_sklearn_at_the_first_label(flow: Flow) -> None:
     run = flow.settings.app_id.removeprefix("test-")
     # drift_window 500: a window is evaluated from min(window, 2000) inputs
     flow.settings = s = flow.settings.model_copy(update={
@@ -59,3 +60,17 @@ def test_a_deployed_worker_loads_scipy_for_drift_and_no_river_before_a_label(flo
 
     wait_until("a drift evaluation of the 1000 inputs", evaluated, flow)  # the statistics ran: scipy is in
     assert loaded(proc.pid) == {"scipy"}, flow.log()
+
+    # Labels build River's detectors; River loads scikit-learn (and pandas, pyarrow: 68 MB) for nothing unless
+    # kept from it (online_learning/river_import.py).
+    events = sample_events(6, 1000)[:300]
+    produce(s, s.labels_topic, [(e["event_id"].encode(), orjson.dumps({"event_id": e["event_id"], "label": "legit",
+                                                                         "label_time": e["event_time"]}))
+                                for e in events])
+
+    def labels_evaluated() -> bool | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/drift", timeout=5) as resp:
+            return (json.loads(resp.read())["labels_evaluated"] or 0) >= 300 or None
+
+    wait_until("300 labels evaluated by the concept detectors", labels_evaluated, flow)
+    assert loaded(proc.pid) == {"scipy", "river"}, flow.log()
