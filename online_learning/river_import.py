@@ -6,7 +6,9 @@ optional dependency of River, so River guards that import (``try ... except Impo
 ``river_without_sklearn`` an ``import sklearn`` fails as if it were not installed, so River skips the helper:
 in a worker, River's concept-drift detectors cost 7.5 MB of RSS instead of 75 MB and the learners 89 MB instead
 of 160 MB (measured, imports on top of numpy). scikit-learn stays importable afterwards (training imports it
-in its own commands) and is not hidden when something already loaded it.
+in its own commands) and is not hidden when something already loaded it. While River is being imported, another
+thread's first ``import sklearn`` would fail too; no lane of a worker imports it (it trains in ``streamscore
+retrain`` and ``train-demo``, other processes).
 
 >>> with river_without_sklearn():
 ...     from river import drift

@@ -23,7 +23,7 @@ from typing import Annotated
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-__all__ = ["UNSET", "Event", "decode_event_json", "keys_are_unique"]
+__all__ = ["Event", "decode_event_json", "keys_are_unique"]
 
 
 class Event(Struct, forbid_unknown_fields=True, gc=False):

@@ -47,7 +47,6 @@ __all__ = ["DecodedRows", "Event", "decode_rows", "encode_predictions"]
 Format = Literal["json", "avro", "auto"]
 
 
-_decode_json = decode_event_json
 _DecodeError = msgspec.DecodeError  # ValidationError is a subclass
 _SUPPORTED = SUPPORTED_SCHEMA_VERSIONS
 _metadata, _schema_version, _features, _event_id, _entity_id, _event_time = map(attrgetter, (
@@ -135,7 +134,7 @@ def _decode_each(values: Sequence[bytes | None], formats: Any, per_value: bool, 
     fast_index: list[int] = []
     fast: list[Event] = []
     slow: list[int] = []  # values the reference decoder must decide
-    decode_json = _decode_json
+    decode_json = decode_event_json
     fmt: Any = formats
     for i, raw in enumerate(values):
         if per_value:
@@ -179,7 +178,7 @@ def _decode_json_batch(values: Sequence[bytes | None], max_bytes: int
         lengths = list(map(len, values))  # type: ignore[arg-type]  # TypeError: a None value
         if not values or min(lengths) == 0 or max(lengths) > max_bytes:
             return None
-        events = list(map(_decode_json, values))  # type: ignore[arg-type]
+        events = list(map(decode_event_json, values))  # type: ignore[arg-type]
     except (TypeError, _DecodeError):
         return None
     n = len(events)
