@@ -17,13 +17,14 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from itertools import chain
 from typing import Annotated
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-__all__ = ["Event", "decode_event_json", "keys_are_unique"]
+__all__ = ["Event", "decode_event_json", "feature_keys", "keys_are_unique"]
 
 
 class Event(Struct, forbid_unknown_fields=True, gc=False):
@@ -44,6 +45,13 @@ class Event(Struct, forbid_unknown_fields=True, gc=False):
 decode_event_json = msgspec.json.Decoder(Event).decode
 
 
+def feature_keys(ev: Event) -> Collection[str]:
+    """The keys of ``ev.features``: a dict's, or a features struct's JSON names (``schemas.hot_path``'s per-model
+    events decode the features into a struct of exactly the model's features)."""
+    features = ev.features
+    return features if isinstance(features, dict) else features.__struct_encode_fields__
+
+
 def keys_are_unique(raw: bytes, ev: Event) -> bool:
     """Whether the JSON ``raw`` that decoded into ``ev`` had no duplicate key (``schemas.strict.json_duplicate_key``,
     which msgspec does not check: it keeps the last value).
@@ -53,12 +61,12 @@ def keys_are_unique(raw: bytes, ev: Event) -> bool:
     unique and goes to the reference decoder.
     """
     md = ev.metadata
-    keys = 5 + len(ev.features) + (0 if md is UNSET else 1 + (len(md) if md else 0))
+    keys = 5 + len(feature_keys(ev)) + (0 if md is UNSET else 1 + (len(md) if md else 0))
     colons = raw.count(b":")
     return colons == keys or (b"\\" not in raw and colons - _string_colons(ev) == keys)
 
 
 def _string_colons(ev: Event) -> int:
     md = ev.metadata
-    text = "".join(chain((ev.event_id, ev.entity_id), ev.features, md or (), (md or {}).values()))
+    text = "".join(chain((ev.event_id, ev.entity_id), feature_keys(ev), md or (), (md or {}).values()))
     return text.count(":")

@@ -41,13 +41,14 @@ def reference(raw: bytes | None, fmt: str, validator: FeatureValidator, max_byte
 
 def batch(values: list[bytes | None], formats: Any, validator: FeatureValidator, max_bytes: int = 65536) -> list:
     out = decode_rows(values, formats, validator, max_bytes)
-    assert out.X.dtype == np.float32 and out.X.flags.c_contiguous and out.X.shape == (len(out.index), len(NAMES))
+    assert out.X.dtype == np.float32 and out.X.flags.c_contiguous
+    assert out.X.shape == (len(out.index), len(validator.feature_names))
     assert out.index == sorted(out.index) and len(out.events) == len(out.index)
     verdicts: list[Any] = [None] * len(values)
     for j, i in enumerate(out.index):
         ev = out.events[j]
         verdicts[i] = ("ok", out.X[j].tobytes(), ev.event_id, ev.entity_id, ev.event_time, ev.schema_version,
-                       ev.features, ev.metadata)
+                       msgspec.to_builtins(ev.features), ev.metadata)
     for i, e in out.errors:
         assert verdicts[i] is None, f"value {i} both scored and rejected"
         verdicts[i] = ("error", e.code, e.reason, e.event_id)
@@ -106,7 +107,7 @@ def test_batch_verdicts_equal_reference_on_mutated_payloads(validator: FeatureVa
         for j, pos in enumerate(out.index):
             ev = out.events[j]
             got[pos] = ("ok", out.X[j].tobytes(), ev.event_id, ev.entity_id, ev.event_time, ev.schema_version,
-                        ev.features, ev.metadata)
+                        msgspec.to_builtins(ev.features), ev.metadata)
         for pos, e in out.errors:
             got[pos] = ("error", e.code, e.reason, e.event_id)
         for pos, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -141,6 +142,29 @@ def _decodes(raw: bytes) -> bool:
     except msgspec.DecodeError:
         return False
     return True
+
+
+def test_feature_names_that_are_no_python_names_or_hold_a_colon_get_the_reference_verdicts() -> None:
+    """A strict validator's features decode into a struct whose fields are renamed to the feature names
+    (schemas.hot_path._codec): any name works, and a ':' in a name is a key's, not a duplicate's."""
+    names = ["b-c", "class", "x:y", "naïve"]
+    v = FeatureValidator(names)
+
+    def ev(i: int, **features: float) -> bytes:
+        return orjson.dumps(event(i, features={**dict.fromkeys(names, 1.5 + i), **features}))
+
+    plain = [ev(i) for i in range(5)]
+    odd = [ev(9).replace(b'"class":10.5', b'"class":10.5,"class":2'),  # duplicate key
+           orjson.dumps(event(9, features=dict.fromkeys(names[:3], 1.0))),  # missing feature
+           ev(9, extra=1.0), ev(9).replace(b'"b-c":10.5', b'"b-c":true'),
+           ev(9).replace(b'"x:y"', rb'"x\u003ay"')]  # an escaped name: the reference decoder decides
+    want = [reference(x, "json", v) for x in plain + odd]
+    assert [w[0] if w[0] == "ok" else w[1] for w in want] == [
+        "ok"] * 5 + ["duplicate_key", "missing_feature", "extra_feature", "wrong_type", "ok"]
+    assert batch(plain + odd, "json", v) == want
+    assert batch(plain, "json", v) == want[:5]  # all decodable: the whole-batch key count
+    for x, w in zip(odd, want[5:], strict=True):
+        assert batch([x], "json", v) == [w]
 
 
 def test_batch_verdicts_for_per_value_formats_and_limits() -> None:
