@@ -2,9 +2,10 @@
 
 ``decode_rows`` gives exactly the verdicts of ``decode_feature_event`` + ``FeatureValidator.row`` (same
 accepted events and values, same InvalidEvent codes and reasons) at a fraction of the cost: JSON is decoded
-by msgspec straight into a typed struct (no dict, no pydantic), then the strictness the parser skips
-(duplicate keys) and the model's float32 input range are checked; anything unusual is handed to the
-reference decoder, which then also writes the reason. ``encode_predictions`` writes the bytes
+by msgspec straight into a typed struct (no dict, no pydantic; for a strict validator the features too, into a
+struct of exactly the model's features: ``events[j].features`` is then that struct, not a dict), then the
+strictness the parser skips (duplicate keys) and the model's float32 input range are checked; anything unusual
+is handed to the reference decoder, which then also writes the reason. ``encode_predictions`` writes the bytes
 ``prediction_to_json_bytes`` would write for each record of a batch, from templates holding the fields
 that are the same for the whole batch.
 
@@ -26,6 +27,7 @@ b'{"event_id":"e1","entity_id":"u1","event_time":5,"model_name'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -92,12 +94,14 @@ def decode_rows(values: Sequence[bytes | None], formats: Format | Sequence[Forma
     if not rows:
         out.X = np.empty((0, k), dtype=np.float32)
         return out
-    X64 = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=len(rows) * k).reshape(len(rows), k)
+    # Straight into the model's dtype: a value beyond float32 becomes inf here and is told from a NaN/inf input
+    # by its Python float (``_drop_bad_rows``).
     with np.errstate(over="ignore"):
-        X = X64.astype(np.float32) if validator.input_dtype == "float32" else X64
+        X = np.fromiter(chain.from_iterable(rows), dtype=validator.input_dtype, count=len(rows) * k).reshape(
+            len(rows), k)
     good = np.isfinite(X).all(axis=1)
     if not good.all():
-        X = _drop_bad_rows(out, good, X, X64, rows, names, values, formats, per_value, max_bytes, resolver)
+        X = _drop_bad_rows(out, good, X, rows, names, values, formats, per_value, max_bytes, resolver)
     out.X = np.ascontiguousarray(X)
     return out
 
@@ -272,12 +276,12 @@ def _decode_slow(out: DecodedRows, rows: list, slow: list[int], values: Sequence
         rows[:] = [rows[j] for j in order]
 
 
-def _drop_bad_rows(out: DecodedRows, good: np.ndarray, X: np.ndarray, X64: np.ndarray, rows: list, names: Sequence[str],
+def _drop_bad_rows(out: DecodedRows, good: np.ndarray, X: np.ndarray, rows: list, names: Sequence[str],
                    values: Sequence[bytes | None], formats: Any, per_value: bool, max_bytes: int,
                    resolver: SchemaResolver | None = None) -> np.ndarray:
     for j in np.flatnonzero(~good).tolist():
         i, ev = out.index[j], out.events[j]
-        if np.isfinite(X64[j]).all():  # finite as float64, not as the model's float32 input
+        if all(map(math.isfinite, rows[j])):  # finite as a float64, not as the model's float32 input
             err = InvalidEvent("out_of_range", out_of_float32_reason(names, rows[j]), ev.event_id)
         else:  # NaN/inf from Avro: the reference decoder rejects it with its usual reason
             fmt = formats[i] if per_value else formats
