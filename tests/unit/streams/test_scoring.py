@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from typer.testing import CliRunner
 
 from models.demo import FEATURE_NAMES, sample_events
 from models.onnx_scorer import OnnxScorer
-from schemas.codecs import decode_dead_letter
+from schemas.codecs import decode_dead_letter, encode_feature_event
+from schemas.records import FeatureEvent
 from streams.cli.main import app as cli_app
 from streams.cli.produce import bad_avro_payloads, bad_payloads, encode_events
 from streams.kafka.broker import EmbeddedBroker
@@ -94,6 +95,27 @@ def test_pipeline_scores_good_events_like_the_scorer(pipeline):
         assert body["event_id"] == event["event_id"] and body["score"] == float(score)
         assert body["worker"] == "unit" and body["source_topic"] == "in"
         assert dict(out.headers)["model_version"] == pipeline.scorer.version.encode()
+
+
+def test_pipeline_counts_and_scores_a_batch_from_two_topics_by_topic(pipeline):
+    """One batch, two input topics (JSON and Avro): each input is decoded in its topic's format, counted under its
+    topic, and its prediction names it (a one-topic batch takes a shortcut for both, pipeline.process)."""
+    events = sample_events(8, 6)
+    json_in = messages("in", encode_events(events[:4]))
+    avro_in = [InboundMessage("in-avro", 1, i, e["event_id"].encode(), encode_feature_event(FeatureEvent(**e), "avro"))
+               for i, e in enumerate(events[4:])]
+    batch = [json_in[0], avro_in[0], json_in[1], json_in[2], avro_in[1], json_in[3]]
+
+    def counted(topic: str) -> float:
+        return REGISTRY.get_sample_value("streamscore_events_in_total", {"topic": topic}) or 0.0
+
+    before = counted("in"), counted("in-avro")
+    result = pipeline.process(batch)
+    assert (counted("in") - before[0], counted("in-avro") - before[1]) == (4, 2)
+    assert result.scored == 6 and result.dead_lettered == 0
+    assert [orjson.loads(o.value)["source_topic"] for o in result.outputs] == [m.topic for m in batch]
+    alone = [orjson.loads(pipeline.process([m]).outputs[0].value)["score"] for m in batch]
+    assert [orjson.loads(o.value)["score"] for o in result.outputs] == alone
 
 
 def test_pipeline_dead_letters_each_kind_of_bad_input_with_reason_and_bytes(pipeline):
