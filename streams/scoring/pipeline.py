@@ -86,17 +86,17 @@ class ScoringPipeline:
         if decoded.index:
             # Most batches have no bad input: then the messages line up with the events as they are.
             scored = messages if len(decoded.index) == len(messages) else list(map(messages.__getitem__, decoded.index))
-            good = list(zip(scored, decoded.events, strict=True))
-            X = decoded.X
+            X, events = decoded.X, decoded.events
             router = self.router
-            event_times = np.fromiter(map(_event_time, decoded.events), dtype=np.int64, count=len(good))
+            event_times = np.fromiter(map(_event_time, events), dtype=np.int64, count=len(events))
             if router is None:
-                result.outputs.extend(self.predictions(good, X, received_ms))
-                self._out.inc(len(good))
+                result.outputs.extend(self.predictions(scored, events, X, received_ms))
+                self._out.inc(len(events))
             else:  # registry routing: versions, A/B, canary, shadow, bandit (streams/routing/router.py)
-                result.outputs.extend(router.route(self.records, good, X, received_ms))
+                result.outputs.extend(router.route(self.records, list(zip(scored, events, strict=True)), X,
+                                                   received_ms))
             metrics.observe_many(metrics.EVENT_LATENCY, np.maximum(0, now_ms() - event_times) / 1000)
-            result.scored = len(good)
+            result.scored = len(events)
         result.dead_lettered = len(messages) - result.scored
         for listener in self.listeners:
             listener(messages, decoded)
@@ -104,11 +104,12 @@ class ScoringPipeline:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         return result
 
-    def predictions(self, good: list, X: np.ndarray, received_ms: int) -> list[Outbound]:
+    def predictions(self, msgs: Sequence[InboundMessage], events: list, X: np.ndarray, received_ms: int
+                    ) -> list[Outbound]:
         """Predictions of the pipeline's own scorer on its own route (no registry routing)."""
         batch = self.scorer.predict_many(X)
-        return self.records.predictions(good, X, batch, self.scorer, route=self.route,
-                                        topic=self.settings.prediction_topic, received_ms=received_ms)
+        return self.records.predictions_from_columns(msgs, events, X, batch, self.scorer, route=self.route,
+                                                     topic=self.settings.prediction_topic, received_ms=received_ms)
 
     def _dead_letter(self, msg: InboundMessage, exc: InvalidEvent) -> Outbound:
         metrics.DEAD_LETTERS.labels(msg.topic, exc.code).inc()

@@ -146,7 +146,7 @@ def test_the_prediction_record_is_built_in_exactly_one_function():
                          for n in ast.walk(f)}
                 if any(_builds_a_prediction(n) for n in ast.walk(func) if id(n) not in inner):
                     builders.add(f"{name}.{func.name}")
-    assert builders == {"streams.scoring.records.predictions"}, builders
+    assert builders == {"streams.scoring.records.predictions_from_columns"}, builders
 
 
 @pytest.mark.parametrize("package", PACKAGES)
