@@ -1,7 +1,8 @@
 """The flow's output records, built in exactly one place: predictions and dead letters.
 
 Every lane that scores (the ONNX pipeline, routed arms, shadow arms, the online learner) calls
-``RecordBuilder.predictions``; every lane that refuses an input calls ``RecordBuilder.dead_letter``.
+``RecordBuilder.predictions`` (the pipeline its form for columns, ``predictions_from_columns``); every lane
+that refuses an input calls ``RecordBuilder.dead_letter``.
 So the 18 fields of a prediction, its key and its headers cannot drift apart between lanes.
 
 >>> import numpy as np
