@@ -108,18 +108,9 @@ class RecordBuilder:
         # A letter's value must fit the producer's message.max.bytes with its key and headers beside it.
         self.max_message_bytes = max_message_bytes - DEFAULT_MAX_ORIGINAL_BYTES - 1024
 
-    def predictions(
-        self,
-        good: Sequence[tuple[InboundMessage, Any]],
-        X: np.ndarray,
-        batch: ScoreBatch,
-        model: ModelIdentity,
-        *,
-        route: str,
-        topic: str,
-        received_ms: int,
-        on_unencodable: Callable[[InboundMessage], None] | None = None,
-    ) -> list[Outbound]:
+    def predictions(self, good: Sequence[tuple[InboundMessage, Any]], X: np.ndarray, batch: ScoreBatch,
+                    model: ModelIdentity, *, route: str, topic: str, received_ms: int,
+                    on_unencodable: Callable[[InboundMessage], None] | None = None) -> list[Outbound]:
         """One prediction per ``(message, event)`` of ``good``; ``X`` holds their model inputs (float32 rows).
 
         A record that cannot be encoded (a non-finite score from a diverged learner) raises, unless
