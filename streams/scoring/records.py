@@ -147,7 +147,8 @@ class RecordBuilder:
                 for j in np.flatnonzero(~finite).tolist():
                     on_unencodable(msgs[j])
                 keep = np.flatnonzero(finite)
-                msgs, events = [msgs[j] for j in keep.tolist()], [events[j] for j in keep.tolist()]
+                kept = keep.tolist()
+                msgs, events = [msgs[j] for j in kept], [events[j] for j in kept]
                 X, scores, labels, probabilities = X[keep], scores[keep], labels[keep], probabilities[keep]
                 if not msgs:
                     return []
